@@ -1,0 +1,43 @@
+"""tunecell: fine-tune, merge, convert to ONNX int4, evaluate and try small language models from notebook cells.
+
+Importing tunecell stays light: torch, transformers, datasets and azure are imported only when work needs them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_config": "tunecell.config",
+    "WorkflowConfig": "tunecell.config",
+    "plan": "tunecell.plan",
+    "run": "tunecell.runner",
+    "RunResult": "tunecell.runner",
+    "load_model": "tunecell.inference",
+    "preview": "tunecell.widgets",
+    "ConfigError": "tunecell.errors",
+    "DataError": "tunecell.errors",
+    "TunecellError": "tunecell.errors",
+}
+
+__all__ = sorted(_LAZY) + ["load_ipython_extension", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tunecell' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)

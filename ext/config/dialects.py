@@ -1,0 +1,293 @@
+"""Olive's config dialects (the Phi-3 cookbook, params_config, Olive 0.13 flat) mapped onto tunecell's one dialect.
+
+Every legacy name lives in the tables below; each mapping applied is reported once as a note the user sees.
+The functions rewrite a Located tree in place, so every key keeps the line it came from.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .located import LocatedDict, LocatedList
+
+# section -> {legacy key: current key}
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "input_model": {"model_name": "model_path", "model_loading_args": "load_kwargs",
+                    "from_pretrained_args": "load_kwargs"},
+    "load_dataset_config": {"subset_name": "subset"},
+    "pre_process_data_config": {"corpus_strategy": "strategy", "source_max_len": "max_seq_len"},
+    "pass": {"lora_r": "r", "lora_alpha": "alpha"},
+    "training_args": {"evaluation_strategy": "eval_strategy"},
+    "search_strategy": {"search_algorithm": "sampler"},
+    "load_kwargs": {"torch_dtype": "dtype"},
+}
+RENAMED_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
+    ("search_strategy", "sampler"): {"exhaustive": "sequential", "random": "random"},
+    ("pre_process_data_config", "strategy"): {"line-by-line-random": "line-by-line", "join-random": "join"},
+}
+# Olive keys that tunecell accepts but does not use: dropped with a note, never silently.
+IGNORED_KEYS: dict[str, set[str]] = {
+    "workflow": {"log_to_file", "ort_log_severity_level", "ort_py_log_severity_level", "no_artifacts",
+                 "plot_pareto_frontier", "enable_shared_cache", "clean_evaluation_cache", "packaging_config"},
+    "pre_process_data_config": {"dataset_type"},
+}
+QLORA_ONLY_KEYS = ("double_quant", "quant_type", "compute_dtype")
+EXECUTION_PROVIDER_DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "gpu"}
+
+
+class Notes:
+    """Dialect notes, each message once (with the first place it applied)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._seen: set[str] = set()
+
+    def add(self, message: str, where: str = "") -> None:
+        if message not in self._seen:
+            self._seen.add(message)
+            self.items.append(f"{where}: {message}" if where else message)
+
+
+def normalise(raw: Any) -> tuple[LocatedDict, list[str]]:
+    """Rewrite any supported dialect into tunecell's; returns the tree and the notes."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping of keys (input_model, data_configs, passes, ...)",
+                          hint="start the cell with 'input_model:'")
+    if not isinstance(raw, LocatedDict):
+        raw = _located(raw)
+    notes = Notes()
+    _flatten_engine(raw, notes)
+    _ignore(raw, "workflow", "", notes)
+    for name in ("input_model", "search_strategy"):
+        if isinstance(raw.get(name), dict):
+            _unnest(raw[name], "config")
+    if raw.get("search_strategy") is False:
+        del raw["search_strategy"]
+        notes.add("search_strategy: false is the default and was dropped")
+    _input_model(raw, notes)
+    _data_configs(raw, notes)
+    _passes(raw, notes)
+    _evaluators(raw, notes)
+    _systems(raw, notes)
+    if isinstance(raw.get("search_strategy"), dict):
+        _rename_all(raw["search_strategy"], "search_strategy", "search_strategy", notes)
+        _unnest(raw["search_strategy"], "search_algorithm_config")
+    return raw, notes.items
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _located(value: Any) -> Any:
+    """Wrap plain dicts and lists (a config given as a Python object) so the same rewrites apply."""
+    if isinstance(value, dict):
+        out = LocatedDict()
+        out.update({k: _located(v) for k, v in value.items()})
+        return out
+    if isinstance(value, list):
+        return LocatedList([_located(v) for v in value])
+    return value
+
+
+def _unnest(d: LocatedDict, key: str) -> None:
+    """Olive's NestedConfig: {type: X, config: {...}} and {type: X, ...} mean the same thing."""
+    inner = d.get(key)
+    if not isinstance(inner, dict):
+        return
+    del d[key]
+    for k, v in inner.items():
+        if k in d:
+            raise ConfigError(f"{k!r} is given both inside '{key}' and beside it", path=(k,))
+        d.put(k, v, getattr(inner, "key_pos", {}).get(k))
+
+
+def _rename_all(d: LocatedDict, section: str, where: str, notes: Notes) -> None:
+    for old, new in RENAMED_KEYS.get(section, {}).items():
+        if old not in d:
+            continue
+        if new in d:
+            raise ConfigError(f"both {old!r} (its old name) and {new!r} are given", path=(old,),
+                              hint=f"keep only {new!r}")
+        d.move(old, new)
+        notes.add(f"{old} is now {new}", where)
+    for (sec, key), mapping in RENAMED_VALUES.items():
+        if sec == section and d.get(key) in mapping and mapping[d[key]] != d[key]:
+            notes.add(f"{key}: {d[key]} is now {mapping[d[key]]}", where)
+            d[key] = mapping[d[key]]
+
+
+def _ignore(d: LocatedDict, section: str, where: str, notes: Notes) -> None:
+    for key in IGNORED_KEYS.get(section, set()) & set(d):
+        del d[key]
+        notes.add(f"{key} is an Olive option that tunecell does not use; ignored", where)
+
+
+def _each(d: Any) -> list[tuple[Any, Any]]:
+    return list(d.items()) if isinstance(d, dict) else []
+
+
+# ----------------------------------------------------------------------------------------------- rewrites
+def _flatten_engine(raw: LocatedDict, notes: Notes) -> None:
+    engine = raw.get("engine")
+    if engine is None:
+        return
+    if not isinstance(engine, dict):
+        raise ConfigError("engine must be a mapping", path=("engine",))
+    del raw["engine"]
+    for key, value in engine.items():
+        if key in raw:
+            raise ConfigError(f"{key!r} is given both under engine and at top level", path=(key,))
+        raw.put(key, value, engine.key_pos.get(key) if isinstance(engine, LocatedDict) else None)
+    notes.add("engine keys are now written at top level")
+
+
+def _input_model(raw: LocatedDict, notes: Notes) -> None:
+    model = raw.get("input_model")
+    if not isinstance(model, dict):
+        return
+    hf_config = model.get("hf_config")
+    if model.get("type") == "PyTorchModel" and isinstance(hf_config, dict):
+        del model["hf_config"]
+        _unnest(hf_config, "config")
+        for k, v in hf_config.items():
+            model.put(k, v, hf_config.key_pos.get(k) if isinstance(hf_config, LocatedDict) else None)
+        model["type"] = "HfModel"
+        notes.add("type PyTorchModel with hf_config is now type HfModel", "input_model")
+    _rename_all(model, "input_model", "input_model", notes)
+    if isinstance(model.get("load_kwargs"), dict):
+        _rename_all(model["load_kwargs"], "load_kwargs", "input_model.load_kwargs", notes)
+    if isinstance(model.get("model_path"), dict):
+        _unnest(model["model_path"], "config")
+
+
+def _data_configs(raw: LocatedDict, notes: Notes) -> None:
+    configs = raw.get("data_configs")
+    if isinstance(configs, dict):  # Olive < 0.6: a mapping name -> config
+        as_list = LocatedList(pos=getattr(configs, "pos", None))
+        for name, dc in configs.items():
+            if isinstance(dc, dict):
+                dc.setdefault("name", name)
+            as_list.append(dc)
+            as_list.item_pos.append(configs.key_pos.get(name) if isinstance(configs, LocatedDict) else None)
+        raw["data_configs"] = configs = as_list
+        notes.add("data_configs is now a list of configs, each with a name")
+    if not isinstance(configs, list):
+        return
+    for dc in configs:
+        if isinstance(dc, dict):
+            _data_config(dc, notes)
+
+
+def _data_config(dc: LocatedDict, notes: Notes) -> None:
+    where = f"data_configs.{dc.get('name', '?')}"
+    params = dc.get("params_config")
+    if isinstance(params, dict):  # Olive 0.5: one params_config + component_kwargs
+        del dc["params_config"]
+        kwargs = params.pop("component_kwargs", None) or {}
+        load = dc.setdefault("load_dataset_config", LocatedDict(pos=getattr(params, "pos", None)))
+        for k, v in params.items():
+            load.put(k, v, params.key_pos.get(k) if isinstance(params, LocatedDict) else None)
+        for component, target in (("load_dataset", "load_dataset_config"),
+                                  ("pre_process_data", "pre_process_data_config")):
+            extra = kwargs.get(component) if isinstance(kwargs, dict) else None
+            if isinstance(extra, dict):
+                section = dc.setdefault(target, LocatedDict(pos=getattr(extra, "pos", None)))
+                for k, v in extra.items():
+                    section.put(k, v, extra.key_pos.get(k) if isinstance(extra, LocatedDict) else None)
+        notes.add("params_config and component_kwargs are now load_dataset_config and pre_process_data_config",
+                  where)
+    for section in ("load_dataset_config", "pre_process_data_config", "dataloader_config"):
+        if isinstance(dc.get(section), dict):
+            _unnest(dc[section], "params")
+            _rename_all(dc[section], section, f"{where}.{section}", notes)
+            _ignore(dc[section], section, f"{where}.{section}", notes)
+    load = dc.get("load_dataset_config")
+    if isinstance(load, dict) and isinstance(load.get("data_files"), dict) and "type" in load["data_files"]:
+        _unnest(load["data_files"], "config")
+    pre = dc.get("pre_process_data_config")
+    if isinstance(pre, dict) and pre.get("text_template") is not None and pre.get("text_cols") is not None:
+        del pre["text_cols"]
+        notes.add("text_cols is not used when text_template is given; dropped", f"{where}.pre_process_data_config")
+
+
+def _passes(raw: LocatedDict, notes: Notes) -> None:
+    for name, p in _each(raw.get("passes")):
+        if not isinstance(p, dict):
+            continue
+        _unnest(p, "config")
+        where = f"passes.{name}"
+        _rename_all(p, "pass", where, notes)
+        if isinstance(p.get("training_args"), dict):
+            _unnest(p["training_args"], "extra_args")
+            _rename_all(p["training_args"], "training_args", f"{where}.training_args", notes)
+        if p.get("type") == "LoRA" and any(k in p for k in QLORA_ONLY_KEYS):
+            p["type"] = "QLoRA"
+            given = ", ".join(k for k in QLORA_ONLY_KEYS if k in p)
+            notes.add(f"{given} is a QLoRA option, so this pass runs as QLoRA (4-bit base); write type: QLoRA "
+                      f"to say so, or remove {given} for plain LoRA", where)
+
+
+def _evaluators(raw: LocatedDict, notes: Notes) -> None:
+    for name, ev in _each(raw.get("evaluators")):
+        if not isinstance(ev, dict):
+            continue
+        _unnest(ev, "config")
+        for i, metric in enumerate(ev.get("metrics") or []):
+            if isinstance(metric, dict) and "sub_types" in metric:
+                _sub_types(metric, ("evaluators", name, "metrics", i), notes)
+
+
+SUB_TYPE_NAMES = {"accuracy": {"accuracy_score", "accuracy"}, "latency": {"avg", "mean"},
+                  "throughput": {"avg", "mean"}, "size_on_disk": {"size_on_disk", "avg"}}
+
+
+def _sub_types(metric: LocatedDict, path: tuple, notes: Notes) -> None:
+    """Olive's sub_types list (one measure each, with goal and priority) folds into the metric itself."""
+    subs = metric.pop("sub_types")
+    if not isinstance(subs, list) or len(subs) != 1 or not isinstance(subs[0], dict):
+        raise ConfigError("tunecell takes exactly one sub_type per metric", path=path + ("sub_types",),
+                          hint="write one metric per measure, each with its own name")
+    sub = subs[0]
+    allowed = SUB_TYPE_NAMES.get(metric.get("type"), set())
+    if sub.get("name") not in allowed:
+        raise ConfigError(f"sub_type {sub.get('name')!r} is not supported yet for {metric.get('type')!r} metrics "
+                          f"(supported: {', '.join(sorted(allowed)) or 'none'})", path=path + ("sub_types", 0, "name"))
+    for key in ("goal", "priority"):
+        if key in sub:
+            metric.put(key, sub[key], getattr(sub, "key_pos", {}).get(key))
+    unknown = set(sub) - {"name", "goal", "priority", "higher_is_better"}
+    if unknown:
+        raise ConfigError(f"unknown sub_type key {sorted(unknown)[0]!r}", path=path + ("sub_types", 0))
+    notes.add("metric sub_types are now written on the metric (goal, priority)")
+
+
+def _systems(raw: LocatedDict, notes: Notes) -> None:
+    for name, system in _each(raw.get("systems")):
+        if not isinstance(system, dict):
+            continue
+        _unnest(system, "config")
+        accelerators = system.get("accelerators")
+        if isinstance(accelerators, list):
+            for i, acc in enumerate(accelerators):
+                if isinstance(acc, str):
+                    accelerators[i] = LocatedDict({"device": acc.lower()})
+                    notes.add("accelerators: [\"gpu\"] is now accelerators: [{device: gpu}]", f"systems.{name}")
+    providers = raw.get("execution_providers")
+    if providers is None:
+        return
+    del raw["execution_providers"]
+    if not isinstance(providers, list) or not all(p in EXECUTION_PROVIDER_DEVICE for p in providers):
+        raise ConfigError(f"execution_providers must be a list of {sorted(EXECUTION_PROVIDER_DEVICE)}",
+                          path=("execution_providers",))
+    systems = raw.setdefault("systems", LocatedDict())
+    target = raw.get("target") or raw.get("host")
+    if target is None:
+        target = raw["target"] = raw.setdefault("host", "local_system")
+        systems.setdefault("local_system", LocatedDict({"type": "LocalSystem"}))
+    system = systems.get(target)
+    if isinstance(system, dict):
+        accs = system.get("accelerators") or LocatedList([LocatedDict({"device": EXECUTION_PROVIDER_DEVICE[providers[0]]})])
+        system["accelerators"] = accs
+        for acc in accs:
+            if isinstance(acc, dict):
+                acc["execution_providers"] = list(providers)
+    notes.add(f"execution_providers is now systems.{target}.accelerators[].execution_providers")
+

@@ -1,0 +1,218 @@
+"""load_config: text (YAML or JSON, any Olive dialect) -> one validated WorkflowConfig, or a located ConfigError."""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError
+from . import references, schema
+from .dialects import RENAMED_KEYS, normalise
+from .located import LocatedDict, LocatedList, locate, parse_text
+from .training_args import TRAINING_ARGUMENT_NAMES
+
+Source = Union[str, os.PathLike, Mapping[str, Any], schema.WorkflowConfig]
+
+
+def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
+                overrides: Iterable[str] = ()) -> schema.WorkflowConfig:
+    """Load and validate a config from YAML/JSON text, a file path, or a dict.
+
+    ``{{ name }}`` in text is filled from ``namespace`` first (strict: an undefined name is an error).
+    ``overrides`` are ``key.path=value`` strings applied after the dialect mapping (``passes.lora.r=8``).
+    The result carries the dialect notes in ``config.notes``.
+    """
+    if isinstance(source, schema.WorkflowConfig):
+        source = source.model_dump(mode="json", exclude_defaults=True)
+    text, base_dir = _read(source)
+    if text is not None:
+        text = fill_template(text, namespace or {})
+        raw = parse_text(text)
+    else:
+        raw = source
+    tree, notes = _locating(lambda: normalise(raw), raw)
+    for item in overrides:
+        _locating(lambda: apply_override(tree, item), tree)
+    try:
+        config = schema.WorkflowConfig.model_validate(tree)
+    except ValidationError as e:
+        raise _config_error(e, tree) from None
+    _locating(lambda: references.check(config), tree)
+    config._notes = notes
+    config._base_dir = str(base_dir) if base_dir else None
+    return config
+
+
+def _read(source: Source) -> tuple[Optional[str], Optional[Path]]:
+    if isinstance(source, Mapping):
+        return None, None
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
+                                           and re.search(r"\.(ya?ml|json)$", source.strip())):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}", hint="check the path, relative to the current folder")
+        return path.read_text(encoding="utf-8"), path.resolve().parent
+    if not isinstance(source, str):
+        raise ConfigError(f"a config is YAML/JSON text, a file path or a dict, not {type(source).__name__}")
+    return source, None
+
+
+def _locating(action, tree: Any):
+    """Run ``action``; give any ConfigError it raises without a line the position of its key path."""
+    try:
+        return action()
+    except ConfigError as e:
+        if e.line is None and e.path:
+            clean, pos = locate(tree, e.path)
+            raise ConfigError(e.message, path=clean, line=pos[0] if pos else None,
+                              column=pos[1] if pos else None, hint=e.hint) from None
+        raise
+
+
+# --------------------------------------------------------------------------------------- {{ }} filling
+def fill_template(text: str, namespace: Mapping[str, Any]) -> str:
+    """Fill ``{{ name }}`` from the notebook namespace (Jinja, strict). Text without ``{{`` is left alone."""
+    if "{{" not in text and "{%" not in text:
+        return text
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    try:
+        return env.from_string(text).render(**namespace)
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(f"template syntax error: {e.message}", line=e.lineno,
+                          hint="{{ name }} fills a value from the notebook; write {{ '{{' }} for literal braces") from None
+    except jinja2.UndefinedError as e:
+        name = re.search(r"'([^']+)' is undefined", str(e))
+        name = name.group(1) if name else str(e)
+        line = next((i for i, ln in enumerate(text.splitlines(), 1) if re.search(r"{{[^}]*\b" + re.escape(name) + r"\b", ln)), None)
+        close = difflib.get_close_matches(name, [k for k in namespace if not k.startswith("_")], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"define {name} in a cell above, or pass it with --set"
+        raise ConfigError(f"{{{{ {name} }}}} is not defined in the notebook namespace", line=line, hint=hint) from None
+
+
+# ------------------------------------------------------------------------------------------- overrides
+def apply_override(tree: LocatedDict, item: str) -> None:
+    """``passes.lora.r=8``: set one key (YAML-typed value); data_configs entries are addressed by name."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, got {item!r}", hint="for example --set passes.lora.r=8")
+    parts = key.strip().split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = next((x for x in node if isinstance(x, dict) and x.get("name") == part), None) \
+                if not part.isdigit() else (node[int(part)] if int(part) < len(node) else None)
+        else:
+            node = node.setdefault(part, LocatedDict()) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"--set {key}: nothing is called {part!r} there", path=tuple(parts[:i + 1]))
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping", path=tuple(parts[:-1]))
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+# ------------------------------------------------------------------------------ pydantic errors, located
+def _config_error(error: ValidationError, tree: Any) -> ConfigError:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    kind, message = first["type"], first["msg"]
+    hint = None
+    if kind == "value_error" and "extra_forbidden:" in message:  # TrainingArgs' own unknown-key check
+        loc, kind = loc + (message.split("extra_forbidden:")[1],), "extra_forbidden"
+    clean, pos = locate(tree, loc)
+    if kind == "extra_forbidden":
+        key = clean[-1]
+        allowed = _allowed_keys(loc)
+        message = f"unknown key {key!r}"
+        hint = _did_you_mean(str(key), allowed)
+    elif kind == "union_tag_invalid" and "passes" in clean[:1]:
+        given = first["input"].get("type") if isinstance(first["input"], dict) else first["input"]
+        message = f"pass type {given!r} is not supported yet (supported: {', '.join(schema.PASS_TYPES)})"
+        close = difflib.get_close_matches(str(given), schema.PASS_TYPES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        clean, pos = locate(tree, loc[:2] + ("type",))
+    elif kind == "union_tag_not_found":
+        message = "this entry has no 'type'"
+        hint = "add type: (for a pass LoRA, QLoRA, MergeAdapterWeights or ModelBuilder; for a system LocalSystem or AzureML)"
+    elif kind == "missing":
+        message = f"{clean[-1]!r} is required here"
+        clean, pos = clean, locate(tree, loc[:-1])[1]
+    else:
+        message = f"{message} (got {_short(first.get('input'))})" if "input" in first else message
+    same_place = [e for e in error.errors() if locate(tree, tuple(e["loc"]))[0] == clean]
+    if len(same_place) > 1 and kind not in ("missing", "extra_forbidden"):
+        message = f"has the wrong type or value (got {_short(first.get('input'))}): expected one of " + \
+            "; ".join(sorted({e["msg"].replace("Input should be ", "") for e in same_place}))
+    others = len({locate(tree, tuple(e["loc"]))[0] for e in error.errors()}) - 1
+    if others:
+        message += f" (and {others} more problem{'s' if others > 1 else ''})"
+    return ConfigError(message.replace("Value error, ", ""), path=clean, line=pos[0] if pos else None,
+                       column=pos[1] if pos else None, hint=hint)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(key: str, allowed: Iterable[str]) -> Optional[str]:
+    allowed = set(allowed)
+    legacy = {old: new for table in RENAMED_KEYS.values() for old, new in table.items() if new in allowed}
+    close = difflib.get_close_matches(key, list(allowed) + list(legacy), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {legacy.get(close[0], close[0])!r}?"
+    shown = sorted(a for a in allowed if not a.startswith("_"))
+    return "known keys here: " + ", ".join(shown[:25]) + (", ..." if len(shown) > 25 else "") if shown else None
+
+
+def _allowed_keys(loc: tuple) -> set[str]:
+    """The field names of the model that sits at ``loc[:-1]`` (walking the schema's annotations)."""
+    tp: Any = schema.WorkflowConfig
+    for seg in loc[:-1]:
+        tp = _step(tp, seg)
+        if tp is None:
+            return set()
+    model = _unwrap_model(tp)
+    if model is None:
+        return set()
+    names = set(model.model_fields)
+    return names | TRAINING_ARGUMENT_NAMES if model is schema.TrainingArgs else names
+
+
+def _step(tp: Any, seg: Any) -> Any:
+    model = _unwrap_model(tp)
+    if model is not None:
+        field = model.model_fields.get(seg)
+        return field.annotation if field else None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _step(args[0], seg)
+    if origin in (list, dict):
+        return args[-1]
+    if origin is Union:
+        for member in args:
+            m = _unwrap_model(member)
+            if m is not None and (m.__name__ == seg or m.model_fields.get("type") and m.model_fields["type"].default == seg):
+                return m
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0] if len(non_none) == 1 else None
+    return None
+
+
+def _unwrap_model(tp: Any) -> Optional[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    if typing.get_origin(tp) is typing.Annotated:
+        return _unwrap_model(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is Union:
+        models = [m for m in map(_unwrap_model, typing.get_args(tp)) if m is not None]
+        return models[0] if len(models) == 1 and len([a for a in typing.get_args(tp) if a is not type(None)]) == 1 else None
+    return None

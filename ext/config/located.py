@@ -1,0 +1,140 @@
+"""YAML/JSON parsed into dicts and lists that remember where each key sat in the text."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional
+
+import yaml
+
+from ..errors import ConfigError
+
+Position = tuple[int, int]  # 1-based line and column
+
+
+class LocatedDict(dict):
+    """A dict that knows the position of each of its keys (``key_pos``) and of itself (``pos``)."""
+
+    def __init__(self, *args: Any, pos: Optional[Position] = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pos = pos
+        self.key_pos: dict[Any, Position] = {}
+
+    def move(self, old: Any, new: Any) -> None:
+        """Rename a key in place, keeping its position and its place in the key order."""
+        items = [(new if k == old else k, v) for k, v in self.items()]
+        if old in self.key_pos:
+            self.key_pos[new] = self.key_pos.pop(old)
+        self.clear()
+        self.update(items)
+
+    def put(self, key: Any, value: Any, pos: Optional[Position]) -> None:
+        self[key] = value
+        if pos is not None:
+            self.key_pos.setdefault(key, pos)
+
+
+class LocatedList(list):
+    def __init__(self, *args: Any, pos: Optional[Position] = None):
+        super().__init__(*args)
+        self.pos = pos
+        self.item_pos: list[Optional[Position]] = []
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-4 as a float (YAML 1.2), as people who paste JSON expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_text(text: str) -> Any:
+    """Parse YAML or JSON into Located containers. Syntax errors become a ConfigError with the line."""
+    if text.lstrip().startswith("{"):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"invalid JSON: {e.msg}", line=e.lineno, column=e.colno,
+                              hint="check commas and quotes near that line (JSON allows no trailing commas)") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return _build(loader, node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or str(e)
+        hint = "indent with spaces, not tabs" if "\t" in text and "tab" in problem.lower() else \
+            "check the indentation and the ':' after each key; quote values that contain ': ' or '#'"
+        raise ConfigError(f"invalid YAML: {problem}", line=mark.line + 1 if mark else None,
+                          column=mark.column + 1 if mark else None, hint=hint) from None
+    finally:
+        loader.dispose()
+
+
+def _pos(node: yaml.Node) -> Position:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _build(loader: _Loader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out = LocatedDict(pos=_pos(node))
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                raise ConfigError("a key must be a plain name", line=_pos(key_node)[0], column=_pos(key_node)[1])
+            if key in out:
+                raise ConfigError(f"{key!r} is given twice in the same mapping", line=_pos(key_node)[0],
+                                  column=_pos(key_node)[1], hint="remove one of the two")
+            out.put(key, _build(loader, value_node), _pos(key_node))
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        out_list = LocatedList(pos=_pos(node))
+        for item in node.value:
+            out_list.append(_build(loader, item))
+            out_list.item_pos.append(_pos(item))
+        return out_list
+    return loader.construct_object(node, deep=True)
+
+
+def locate(tree: Any, path: tuple) -> tuple[tuple, Optional[Position]]:
+    """Follow ``path`` (as pydantic reports it) through the tree.
+
+    Returns the path cleaned of pydantic's union-member segments, and the position of the deepest part of it
+    found in the text (the key itself when it exists, else its parent).
+    """
+    clean: list = []
+    pos = getattr(tree, "pos", None)
+    node = tree
+    for seg in path:
+        if isinstance(node, LocatedDict):
+            if seg in node:
+                clean.append(seg)
+                pos = node.key_pos.get(seg, pos)
+                node = node[seg]
+                continue
+            if node.get("type") == seg or _is_union_tag(seg):
+                continue  # a discriminator or union-member segment, not a key
+            clean.append(seg)
+            node = None
+        elif isinstance(node, LocatedList) and isinstance(seg, int) and 0 <= seg < len(node):
+            clean.append(_list_label(node[seg], seg))
+            pos = node.item_pos[seg] if seg < len(node.item_pos) else pos
+            node = node[seg]
+        elif node is None or not _is_union_tag(seg):
+            clean.append(seg)
+            node = None
+    return tuple(clean), pos
+
+
+def _is_union_tag(seg: Any) -> bool:
+    return isinstance(seg, str) and (seg[:1].isupper() or "[" in seg or seg in ("str", "int", "float", "bool"))
+
+
+def _list_label(item: Any, index: int) -> Any:
+    """data_configs entries are named: show `data_configs.tones` rather than `data_configs.0`."""
+    return item["name"] if isinstance(item, dict) and isinstance(item.get("name"), str) else index

@@ -1,0 +1,112 @@
+"""Checks across sections: names that must exist, passes that must chain, settings that cannot run together."""
+from __future__ import annotations
+
+import string
+
+from ..errors import ConfigError
+from . import schema
+
+# The artifact each pass takes and gives: an HF model folder, an adapter over one, or an ONNX folder.
+PASS_IO = {
+    "LoRA": ({"hf"}, "adapter"),
+    "QLoRA": ({"hf"}, "adapter"),
+    "MergeAdapterWeights": ({"adapter"}, "hf"),
+    "ModelBuilder": ({"hf"}, "onnx"),
+}
+
+
+def template_fields(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def check(config: schema.WorkflowConfig) -> None:
+    data_names = [d.name for d in config.data_configs]
+    for i, name in enumerate(data_names):
+        if name in data_names[:i]:
+            raise ConfigError(f"two data configs are called {name!r}", path=("data_configs", i, "name"))
+    _check_chain(config, data_names)
+    _check_evaluation(config, data_names)
+    for key in ("host", "target"):
+        name = getattr(config, key)
+        if name is not None and name not in config.systems:
+            raise ConfigError(f"{key} names system {name!r}, which is not in systems",
+                              path=(key,), hint=_known("systems", config.systems))
+    if isinstance(config.input_model.model_path, schema.AzureMLRegistryModel) and \
+            not isinstance(config.systems.get(config.host or ""), schema.AzureMLSystem):
+        raise ConfigError("an AzureML registry model needs an AzureML host", path=("input_model", "model_path"),
+                          hint="set host: to an AzureML system, or point model_path at a local copy")
+
+
+def _check_chain(config: schema.WorkflowConfig, data_names: list[str]) -> None:
+    kind = "hf"
+    for name, p in config.passes.items():
+        takes, gives = PASS_IO[p.type]
+        if kind not in takes:
+            raise ConfigError(_chain_message(p.type, kind), path=("passes", name, "type"))
+        kind = gives
+        if isinstance(p, schema.LoRA):
+            for key in ("train_data_config", "eval_data_config"):
+                ref = getattr(p, key)
+                if ref is not None and ref not in data_names:
+                    raise ConfigError(f"{key} names {ref!r}, which is not in data_configs",
+                                      path=("passes", name, key), hint=_known("data configs", data_names))
+            if p.eval_data_config and p.eval_dataset_size:
+                raise ConfigError("give eval_data_config or eval_dataset_size, not both",
+                                  path=("passes", name, "eval_dataset_size"))
+        if isinstance(p, schema.ModelBuilder):
+            if p.precision in ("fp16", "bf16") and config.execution_provider == "cpu":
+                raise ConfigError(f"precision {p.precision} runs only on a CUDA target: the CPU execution provider "
+                                  "has no fast half-precision kernels", path=("passes", name, "precision"),
+                                  hint="use int4 or fp32 on CPU, or target a system with CUDAExecutionProvider")
+            if p.precision == "bf16" and config.execution_provider != "cuda":
+                raise ConfigError("bf16 needs the CUDA execution provider", path=("passes", name, "precision"))
+
+
+def _chain_message(pass_type: str, kind: str) -> str:
+    given = {"hf": "a model", "adapter": "a LoRA adapter", "onnx": "an ONNX model"}[kind]
+    if pass_type == "MergeAdapterWeights":
+        return "MergeAdapterWeights needs a LoRA or QLoRA pass before it"
+    if kind == "adapter":
+        return f"{pass_type} gets {given}: add a MergeAdapterWeights pass before it"
+    return f"{pass_type} cannot take {given}: move it before the pass that produced that"
+
+
+def _check_evaluation(config: schema.WorkflowConfig, data_names: list[str]) -> None:
+    if config.evaluator is not None and config.evaluator not in config.evaluators:
+        raise ConfigError(f"evaluator names {config.evaluator!r}, which is not in evaluators", path=("evaluator",),
+                          hint=_known("evaluators", config.evaluators))
+    if config.search_strategy is not None and config.evaluator is None:
+        raise ConfigError("search_strategy needs an evaluator to rank candidates", path=("search_strategy",),
+                          hint="add evaluators: and evaluator:, or remove search_strategy")
+    training = [(n, p) for n, p in config.passes.items() if isinstance(p, schema.LoRA)]
+    for ev_name, ev in config.evaluators.items():
+        for i, metric in enumerate(ev.metrics):
+            path = ("evaluators", ev_name, "metrics", i)
+            if metric.type != "accuracy":
+                continue
+            if metric.data_config is None:
+                raise ConfigError("an accuracy metric needs data_config", path=path,
+                                  hint=_known("data configs", data_names))
+            if metric.data_config not in data_names:
+                raise ConfigError(f"data_config names {metric.data_config!r}, which is not in data_configs",
+                                  path=path + ("data_config",), hint=_known("data configs", data_names))
+            pre = config.data_config(metric.data_config).pre_process_data_config
+            label = metric.label_column or pre.label_column
+            if label is None:
+                raise ConfigError("an accuracy metric needs label_column (the template field holding the answer)",
+                                  path=path)
+            if pre.text_template is None or label not in template_fields(pre.text_template):
+                raise ConfigError(f"label_column {label!r} is not a field of data config "
+                                  f"{metric.data_config!r}'s text_template", path=path + ("label_column",),
+                                  hint="the prompt is the template up to the label field, e.g. '...{phrase}\\n{tone}'")
+            for pass_name, p in training:
+                if p.train_data_config == metric.data_config and not p.eval_dataset_size:
+                    raise ConfigError(f"accuracy on {metric.data_config!r} would be measured on rows that pass "
+                                      f"{pass_name!r} trains on", path=path + ("data_config",),
+                                      hint=f"set passes.{pass_name}.eval_dataset_size (e.g. 0.2) to hold rows out, "
+                                           "or name a separate data config")
+
+
+def _known(what: str, names) -> str:
+    names = list(names)
+    return f"known {what}: {', '.join(names)}" if names else f"no {what} are defined"

@@ -1,0 +1,321 @@
+"""The normalised config: one typed model per section, whatever Olive dialect the user pasted.
+
+Every model forbids unknown keys: Olive silently drops unknown training_args and only warns on unknown
+preprocessing keys, so users train with defaults they never chose. Here a typo is an error.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .training_args import TRAINING_ARGUMENT_NAMES
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------- models
+class AzureMLRegistryModel(Model):
+    type: Literal["azureml_registry_model"] = "azureml_registry_model"
+    registry_name: str
+    name: str
+    version: Union[str, int]
+
+
+class LoadKwargs(Model):
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    attn_implementation: Optional[str] = None
+    dtype: Optional[str] = None
+
+
+class InputModel(Model):
+    type: Literal["HfModel"] = "HfModel"
+    model_path: Union[str, AzureMLRegistryModel]
+    task: str = "text-generation"
+    gguf_file: Optional[str] = None
+    adapter_path: Optional[str] = None
+    load_kwargs: LoadKwargs = Field(default_factory=LoadKwargs)
+
+
+# ------------------------------------------------------------------------------------------------ data
+class AzureMLDatastore(Model):
+    type: Literal["azureml_datastore"] = "azureml_datastore"
+    datastore_name: str
+    relative_path: str
+    azureml_client: Optional["AzureMLClient"] = None
+
+
+DataFiles = Union[str, list[str], dict[str, Union[str, list[str]]], AzureMLDatastore]
+
+
+class LoadDatasetConfig(Model):
+    data_name: str
+    data_files: Optional[DataFiles] = None
+    split: str = "train"
+    subset: Optional[str] = None
+
+
+STRATEGIES = ("join", "line-by-line")
+
+
+class PreProcessDataConfig(Model):
+    text_template: Optional[str] = None
+    text_cols: Optional[list[str]] = None
+    use_chat_template: bool = False
+    strategy: Literal["join", "line-by-line"] = "join"
+    max_seq_len: int = Field(1024, ge=8)
+    pad_to_max_len: bool = False
+    add_special_tokens: bool = True
+    use_attention_mask: bool = True
+    max_samples: Optional[int] = Field(None, ge=1)
+    shuffle: bool = False
+    data_seed: int = 42
+    # tunecell's own: prompt masking (loss on the answer only), and the label set of a classification task
+    train_on_prompt: bool = True
+    response_template: Optional[str] = None
+    label_column: Optional[str] = None
+    labels: Optional[list[str]] = None
+
+    @field_validator("text_cols", mode="before")
+    @classmethod
+    def _one_col(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _text_source(self) -> "PreProcessDataConfig":
+        sources = [self.text_template is not None, self.text_cols is not None, self.use_chat_template]
+        if sum(sources) > 1:
+            raise ValueError("give only one of text_template, text_cols or use_chat_template")
+        return self
+
+
+class DataloaderConfig(Model):
+    batch_size: int = Field(1, ge=1)
+
+
+class DataConfig(Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")]
+    type: Literal["HuggingfaceContainer"] = "HuggingfaceContainer"
+    load_dataset_config: LoadDatasetConfig
+    pre_process_data_config: PreProcessDataConfig = Field(default_factory=PreProcessDataConfig)
+    dataloader_config: DataloaderConfig = Field(default_factory=DataloaderConfig)
+
+
+# ---------------------------------------------------------------------------------------------- passes
+class TrainingArgs(Model):
+    """The common transformers TrainingArguments, typed; any other real TrainingArguments field passes through."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    learning_rate: float = Field(2e-4, gt=0)
+    max_steps: int = -1
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    lr_scheduler_type: str = "constant"
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: float = Field(10, gt=0)
+    save_steps: float = Field(50, gt=0)
+    seed: int = 42
+    group_by_length: bool = False
+
+    @model_validator(mode="after")
+    def _known_extras(self) -> "TrainingArgs":
+        for key in (self.model_extra or {}):
+            if key not in TRAINING_ARGUMENT_NAMES:
+                raise ValueError(f"extra_forbidden:{key}")
+        return self
+
+
+class LoRA(Model):
+    type: Literal["LoRA"] = "LoRA"
+    r: int = Field(64, ge=1)
+    alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Optional[Union[list[str], Literal["all-linear"]]] = None
+    modules_to_save: Optional[list[str]] = None
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    train_data_config: str
+    eval_data_config: Optional[str] = None
+    eval_dataset_size: Optional[float] = Field(None, gt=0)
+    training_args: TrainingArgs = Field(default_factory=TrainingArgs)
+
+    @field_validator("eval_dataset_size")
+    @classmethod
+    def _size(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and v >= 1 and v != int(v):
+            raise ValueError("eval_dataset_size is a fraction below 1 (0.2) or a whole row count (100)")
+        return v
+
+
+class QLoRA(LoRA):
+    type: Literal["QLoRA"] = "QLoRA"  # type: ignore[assignment]
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = False
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class MergeAdapterWeights(Model):
+    type: Literal["MergeAdapterWeights"] = "MergeAdapterWeights"
+
+
+class ModelBuilder(Model):
+    type: Literal["ModelBuilder"] = "ModelBuilder"
+    precision: Literal["fp32", "fp16", "bf16", "int4"] = "fp32"
+    int4_block_size: Literal[16, 32, 64, 128, 256] = 32
+    int4_accuracy_level: Optional[Literal[0, 1, 2, 3, 4]] = None
+    int4_is_symmetric: Optional[bool] = None
+    extra_options: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
+
+
+Pass = Annotated[Union[LoRA, QLoRA, MergeAdapterWeights, ModelBuilder], Field(discriminator="type")]
+PASS_TYPES = ("LoRA", "QLoRA", "MergeAdapterWeights", "ModelBuilder")
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+class Goal(Model):
+    type: Literal["threshold", "min-improvement", "max-degradation"]
+    value: float
+
+
+class Metric(Model):
+    name: str
+    type: Literal["accuracy", "latency", "throughput", "size_on_disk"]
+    data_config: Optional[str] = None
+    label_column: Optional[str] = None
+    labels: Optional[list[str]] = None
+    max_new_tokens: int = Field(8, ge=1)
+    max_samples: Optional[int] = Field(None, ge=1)
+    goal: Optional[Goal] = None
+    priority: int = 1
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.type in ("accuracy", "throughput")
+
+
+class Evaluator(Model):
+    metrics: list[Metric] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------------------------- systems
+class Accelerator(Model):
+    device: Literal["cpu", "gpu"] = "cpu"
+    execution_providers: list[Literal["CPUExecutionProvider", "CUDAExecutionProvider"]] = Field(
+        default_factory=list, min_length=0, max_length=1)
+
+    @model_validator(mode="after")
+    def _default_provider(self) -> "Accelerator":
+        if not self.execution_providers:
+            provider = "CUDAExecutionProvider" if self.device == "gpu" else "CPUExecutionProvider"
+            self.__dict__["execution_providers"] = [provider]
+        elif self.device == "cpu" and self.execution_providers[0] == "CUDAExecutionProvider":
+            raise ValueError("CUDAExecutionProvider needs device: gpu")
+        return self
+
+
+class LocalSystem(Model):
+    type: Literal["LocalSystem"] = "LocalSystem"
+    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()])
+
+
+class AzureMLDockerConfig(Model):
+    base_image: str
+    conda_file_path: Optional[str] = None
+
+
+class AzureMLSystem(Model):
+    type: Literal["AzureML"] = "AzureML"
+    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator(device="gpu")])
+    aml_compute: str
+    aml_docker_config: Optional[AzureMLDockerConfig] = None
+    environment: Optional[str] = None  # a registered environment, "name:version"
+    hf_token: Union[bool, str] = False  # True: secret "hf-token" of the workspace Key Vault; str: a named vault
+    instance_count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_environment(self) -> "AzureMLSystem":
+        if self.aml_docker_config and self.environment:
+            raise ValueError("give either aml_docker_config or environment, not both")
+        return self
+
+
+System = Annotated[Union[LocalSystem, AzureMLSystem], Field(discriminator="type")]
+
+
+class AzureMLClient(Model):
+    subscription_id: Optional[str] = None
+    resource_group: Optional[str] = None
+    workspace_name: Optional[str] = None
+    aml_config_path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "AzureMLClient":
+        named = [self.subscription_id, self.resource_group, self.workspace_name]
+        if self.aml_config_path is None and not all(named):
+            raise ValueError("give subscription_id, resource_group and workspace_name, or aml_config_path")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- workflow
+class SearchStrategy(Model):
+    execution_order: Literal["joint", "pass-by-pass"] = "joint"
+    sampler: Literal["sequential", "random"] = "sequential"
+    max_samples: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    output_model_num: int = Field(1, ge=1)
+
+
+class WorkflowConfig(Model):
+    """A whole run, in tunecell's normalised dialect (Olive 0.13's names, engine keys at top level)."""
+
+    workflow_id: str = "default_workflow"
+    input_model: InputModel
+    data_configs: list[DataConfig] = Field(default_factory=list)
+    passes: dict[str, Pass] = Field(default_factory=dict)
+    evaluators: dict[str, Evaluator] = Field(default_factory=dict)
+    evaluator: Optional[str] = None
+    evaluate_input_model: bool = True
+    systems: dict[str, System] = Field(default_factory=dict)
+    azureml_client: Optional[AzureMLClient] = None
+    host: Optional[str] = None
+    target: Optional[str] = None
+    search_strategy: Optional[SearchStrategy] = None
+    clean_cache: bool = False
+    cache_dir: str = ".tunecell/cache"
+    output_dir: str = "models/output"
+    log_severity_level: int = Field(1, ge=0, le=4)
+
+    # What the loader learned: the dialect notes, and the folder relative data paths start from (a config file's).
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    _base_dir: Optional[str] = PrivateAttr(default=None)
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes
+
+    @property
+    def base_dir(self) -> Optional[str]:
+        return self._base_dir
+
+    def data_config(self, name: str) -> DataConfig:
+        return next(d for d in self.data_configs if d.name == name)
+
+    @property
+    def target_system(self) -> Union[LocalSystem, AzureMLSystem]:
+        return self.systems[self.target] if self.target else LocalSystem()
+
+    @property
+    def execution_provider(self) -> str:
+        """The onnxruntime-genai name of the target's execution provider: cpu or cuda."""
+        providers = self.target_system.accelerators[0].execution_providers
+        return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+
+
+AzureMLDatastore.model_rebuild()
