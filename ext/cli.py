@@ -42,13 +42,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .errors import PassFailed
+    from .runner import run
+
     try:
-        _load(args)
+        config = _load(args)
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    print("tunecell run: not implemented yet (the local runner arrives with the runner issue)", file=sys.stderr)
-    return EXIT_FAILED
+    try:
+        result = run(config)
+    except PassFailed as e:
+        print(repr(e.result), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except TunecellError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(repr(result))
+    return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
 
 
 if __name__ == "__main__":

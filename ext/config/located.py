@@ -42,9 +42,16 @@ class LocatedList(list):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-4 as a float (YAML 1.2), as people who paste JSON expect."""
+    """SafeLoader that also reads 1e-4 as a float (YAML 1.2), as people who paste JSON expect.
+
+    Unquoted dates stay strings (YAML 1.2 has no timestamps): 2024-13-45 is not an error, and a revision or a
+    folder name written as a date reaches the schema as the text the user wrote.
+    """
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -60,14 +67,23 @@ def parse_text(text: str) -> Any:
         except json.JSONDecodeError as e:
             raise ConfigError(f"invalid JSON: {e.msg}", line=e.lineno, column=e.colno,
                               hint="check commas and quotes near that line (JSON allows no trailing commas)") from None
-    loader = _Loader(text)
+        # Valid JSON: a tab can only be whitespace between tokens, which YAML's flow style refuses. One space for
+        # one tab keeps every line and column where it was.
+        text = text.replace("\t", " ")
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # a control character: it has a character offset, not a mark
+        before = text[:e.position]
+        raise ConfigError(f"invalid YAML: character {chr(e.character)!r} is not allowed in a config",
+                          line=before.count("\n") + 1, column=e.position - (before.rfind("\n") + 1) + 1,
+                          hint="remove it (it may have come with a copy and paste)") from None
     try:
         node = loader.get_single_node()
         return _build(loader, node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or str(e)
-        hint = "indent with spaces, not tabs" if "\t" in text and "tab" in problem.lower() else \
+        hint = "indent with spaces, not tabs" if "'\\t'" in problem or "tab" in problem.lower() else \
             "check the indentation and the ':' after each key; quote values that contain ': ' or '#'"
         raise ConfigError(f"invalid YAML: {problem}", line=mark.line + 1 if mark else None,
                           column=mark.column + 1 if mark else None, hint=hint) from None
@@ -79,26 +95,48 @@ def _pos(node: yaml.Node) -> Position:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _build(loader: _Loader, node: yaml.Node) -> Any:
+def _build(loader: _Loader, node: yaml.Node, path: tuple = ()) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out = LocatedDict(pos=_pos(node))
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(loader, key_node, path)
             if not isinstance(key, (str, int, float, bool)):
-                raise ConfigError("a key must be a plain name", line=_pos(key_node)[0], column=_pos(key_node)[1])
+                raise ConfigError("a key must be a plain name", path=path, line=_pos(key_node)[0],
+                                  column=_pos(key_node)[1])
             if key in out:
-                raise ConfigError(f"{key!r} is given twice in the same mapping", line=_pos(key_node)[0],
-                                  column=_pos(key_node)[1], hint="remove one of the two")
-            out.put(key, _build(loader, value_node), _pos(key_node))
+                raise ConfigError(f"{key!r} is given twice in the same mapping", path=path + (key,),
+                                  line=_pos(key_node)[0], column=_pos(key_node)[1], hint="remove one of the two")
+            out.put(key, _build(loader, value_node, path + (key,)), _pos(key_node))
         return out
     if isinstance(node, yaml.SequenceNode):
         out_list = LocatedList(pos=_pos(node))
-        for item in node.value:
-            out_list.append(_build(loader, item))
+        for i, item in enumerate(node.value):
+            out_list.append(_build(loader, item, path + (_node_label(item, i),)))
             out_list.item_pos.append(_pos(item))
         return out_list
-    return loader.construct_object(node, deep=True)
+    return _construct(loader, node, path)
+
+
+def _construct(loader: _Loader, node: yaml.Node, path: tuple) -> Any:
+    """A scalar (or an explicitly tagged value): a value YAML cannot build (!!int x) is an error with its line."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError:
+        raise
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:
+        raise ConfigError(f"invalid YAML value {node.value!r} for tag {node.tag}: {e}", path=path,
+                          line=_pos(node)[0], column=_pos(node)[1], hint="remove the !!tag or fix the value") from None
+
+
+def _node_label(node: yaml.Node, index: int) -> Any:
+    """The label locate() gives a list item: its name when it is a mapping with a plain name, else its index."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "name" and \
+                    isinstance(value_node, yaml.ScalarNode) and value_node.tag == "tag:yaml.org,2002:str":
+                return value_node.value
+    return index
 
 
 def locate(tree: Any, path: tuple) -> tuple[tuple, Optional[Position]]:

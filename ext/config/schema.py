@@ -5,6 +5,7 @@ preprocessing keys, so users train with defaults they never chose. Here a typo i
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -303,6 +304,11 @@ class WorkflowConfig(Model):
     @property
     def base_dir(self) -> Optional[str]:
         return self._base_dir
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config: relative ones start at the config file's folder (or the current folder)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p
 
     def data_config(self, name: str) -> DataConfig:
         return next(d for d in self.data_configs if d.name == name)

@@ -1,0 +1,52 @@
+"""Metrics over a loaded model (tunecell.inference.LoadedModel). Pure functions: no config, no caching."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from tunecell.inference import LoadedModel
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data", ".gguf")
+
+
+def accuracy(model: "LoadedModel", examples: list[tuple[str, str]], labels: list[str],
+             max_new_tokens: int) -> float:
+    """Fraction of (prompt, expected label) pairs whose generated text starts with the expected label."""
+    if not examples:
+        raise ValueError("accuracy needs at least one example")
+    correct = 0
+    for prompt, expected in examples:
+        predicted = model.classify(prompt, labels, max_new_tokens=max_new_tokens)
+        correct += predicted is not None and predicted.lower() == expected.lower()
+    return correct / len(examples)
+
+
+def latency_ms(model: "LoadedModel", prompts: list[str], max_new_tokens: int, warmup: int = 1) -> float:
+    """Mean milliseconds per request (tokenize + generate + decode), after `warmup` untimed requests."""
+    if not prompts:
+        raise ValueError("latency needs at least one prompt")
+    for i in range(warmup):
+        model.generate(prompts[i % len(prompts)], max_new_tokens)
+    seconds = [model.generate_with_stats(prompt, max_new_tokens)[2] for prompt in prompts]
+    return 1000 * sum(seconds) / len(seconds)
+
+
+def throughput(model: "LoadedModel", prompts: list[str], max_new_tokens: int) -> float:
+    """Generated tokens per second over all prompts, one request at a time."""
+    if not prompts:
+        raise ValueError("throughput needs at least one prompt")
+    runs = [model.generate_with_stats(prompt, max_new_tokens) for prompt in prompts]
+    return sum(tokens for _, tokens, _ in runs) / sum(seconds for _, _, seconds in runs)
+
+
+def size_on_disk_mb(path: Union[str, Path]) -> float:
+    """Size of the weight files (safetensors, bin, onnx and its external .data, gguf) in MB (10^6 bytes)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size / 1e6
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, name)) for name in files if name.endswith(WEIGHT_SUFFIXES))
+    return total / 1e6

@@ -1,0 +1,136 @@
+"""Load a model folder and generate from it: onnxruntime-genai for ONNX folders, transformers for HF folders.
+
+Generation is greedy everywhere, so runs are reproducible and the two backends can be compared token for token.
+Side effect to know about: onnxruntime writes a device id and telemetry database under
+$XDG_CACHE_HOME/Microsoft (~/.cache/Microsoft by default) the first time a session is created. Callers that must
+not touch the home folder (tests, sandboxed runs) should point XDG_CACHE_HOME elsewhere before loading.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+_LEADING_NOISE = " \t\r\n\"'`*_:-([{"
+
+
+def first_label(generated: str, labels: list[str]) -> Optional[str]:
+    """The label the generated text starts with (case-insensitive, whole words), or None.
+
+    Leading whitespace, quotes and markdown emphasis are skipped, so ' **Sad**.' gives 'Sad'; a longer label wins
+    over its own prefix ('very sad' over 'very').
+    """
+    text = generated.lstrip(_LEADING_NOISE).lower()
+    for label in sorted(labels, key=len, reverse=True):
+        wanted = label.lower()
+        if text.startswith(wanted) and (len(text) == len(wanted) or not text[len(wanted)].isalnum()):
+            return label
+    return None
+
+
+class LoadedModel:
+    """A model ready to generate. kind is "onnx" or "hf"."""
+
+    kind: str
+    path: Path
+
+    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
+        """Greedy generation: (the new text only, number of new tokens, seconds spent)."""
+        raise NotImplementedError
+
+    def generate(self, prompt: str, max_new_tokens: int = 64) -> str:
+        return self.generate_with_stats(prompt, max_new_tokens)[0]
+
+    def classify(self, text: str, labels: list[str], prompt_template: Optional[str] = None,
+                 max_new_tokens: int = 4) -> Optional[str]:
+        """Generate after the prompt (prompt_template with {text} filled, or text itself) and match a label."""
+        prompt = prompt_template.format(text=text) if prompt_template else text
+        return first_label(self.generate(prompt, max_new_tokens), labels)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} {self.path}>"
+
+
+class OnnxModel(LoadedModel):
+    kind = "onnx"
+
+    def __init__(self, path: Path):
+        import onnxruntime_genai as og
+
+        self._og = og
+        self.path = path
+        self._model = og.Model(str(path))
+        self._tokenizer = og.Tokenizer(self._model)
+        config = json.loads((path / "genai_config.json").read_text())["model"]
+        self._context_length = config.get("context_length")
+        # og's decode gives up at the first invalid UTF-8 byte (a random or truncated output can end mid
+        # character) and drops the rest, so decode with the tokenizers library when tokenizer.json is there
+        self._decoder = None
+        if (path / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            self._decoder = Tokenizer.from_file(str(path / "tokenizer.json"))
+
+    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
+        og = self._og
+        start = time.perf_counter()
+        ids = self._tokenizer.encode(prompt)
+        max_length = len(ids) + max_new_tokens
+        if self._context_length:
+            max_length = min(max_length, self._context_length)
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(do_sample=False, max_length=max_length)
+        generator = og.Generator(self._model, params)
+        generator.append_tokens(ids)
+        new: list[int] = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            new.append(int(generator.get_next_tokens()[0]))
+        text = self._decode(new)
+        return text, len(new), time.perf_counter() - start
+
+    def _decode(self, ids: list[int]) -> str:
+        if self._decoder is not None:
+            return self._decoder.decode(ids, skip_special_tokens=True)
+        import numpy as np
+
+        return self._tokenizer.decode(np.array(ids, dtype=np.int32)) if ids else ""
+
+
+class HfModel(LoadedModel):
+    kind = "hf"
+
+    def __init__(self, path: Path, trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        self.path = path
+        kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        self._tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+        generation = self._model.generation_config
+        self._eos = generation.eos_token_id if generation.eos_token_id is not None else self._tokenizer.eos_token_id
+        pad = generation.pad_token_id if generation.pad_token_id is not None else self._tokenizer.pad_token_id
+        self._pad = pad if pad is not None else (self._eos[0] if isinstance(self._eos, list) else self._eos)
+
+    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
+        start = time.perf_counter()
+        inputs = self._tokenizer(prompt, return_tensors="pt")
+        with self._torch.inference_mode():
+            output = self._model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                          eos_token_id=self._eos, pad_token_id=self._pad)
+        new = output[0, inputs["input_ids"].shape[1]:].tolist()
+        text = self._tokenizer.decode(new, skip_special_tokens=True)
+        return text, len(new), time.perf_counter() - start
+
+
+def load_model(path: Union[str, Path], *, trust_remote_code: bool = False) -> LoadedModel:
+    """An ONNX folder (genai_config.json) loads with onnxruntime-genai, an HF folder with transformers in fp32."""
+    path = Path(path)
+    if (path / "genai_config.json").is_file():
+        return OnnxModel(path)
+    if (path / "config.json").is_file():
+        return HfModel(path, trust_remote_code=trust_remote_code)
+    raise FileNotFoundError(f"{path} holds neither an ONNX model (genai_config.json) nor an HF model (config.json)")

@@ -1,0 +1,224 @@
+"""LoRA and QLoRA: peft adapters trained with the transformers Trainer, seeded, resumable, reporting each step."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ..config import schema
+from ..errors import ConfigError
+from ..events import TrainStep
+from .base import Artifact, Interrupted, PassContext
+
+
+def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any]:
+    """Train an adapter on ``source`` into ``ctx.out_dir``; returns the training stats for the run record."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers.trainer_callback import PrinterCallback
+
+    from ..data import build_training_data
+
+    seed = cfg.training_args.seed
+    transformers.set_seed(seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = _load_base(source.path, cfg)
+    _check_target_modules(model, cfg, ctx.name)
+    model = get_peft_model(model, LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+        modules_to_save=cfg.modules_to_save, bias="none", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    data = build_training_data(
+        ctx.config.data_config(cfg.train_data_config), tokenizer,
+        eval_dataset_size=cfg.eval_dataset_size,
+        eval_data_config=ctx.config.data_config(cfg.eval_data_config) if cfg.eval_data_config else None,
+        seed=split_seed(cfg), base_dir=ctx.config.base_dir)
+    ctx.log(f"{len(data.train)} training samples, {len(data.eval) if data.eval is not None else 0} held out; "
+            f"{trainable:,} trainable parameters")
+
+    args = transformers.TrainingArguments(**_training_arguments(cfg, ctx, has_eval=data.eval is not None))
+    collator = PaddingCollator(tokenizer.pad_token_id)
+    progress = ProgressCallback(ctx, collator)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=data.train,
+        eval_dataset=data.eval if args.eval_strategy != "no" else None,
+        data_collator=collator, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)  # our events replace Trainer's console output
+
+    resume = last_checkpoint(ctx.work_dir)
+    if resume:
+        ctx.log(f"resuming from {resume.name}")
+    started = time.perf_counter()
+    try:
+        with _interrupt_sets(ctx.stop):
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except KeyboardInterrupt:
+        # Raised between steps (a callback, or a second Ctrl-C): the state is a whole step, so keep it.
+        trainer._save_checkpoint(trainer.model, trial=None)
+        raise Interrupted(last_checkpoint(ctx.work_dir)) from None
+    if progress.stopped:
+        raise Interrupted(last_checkpoint(ctx.work_dir))
+
+    model.save_pretrained(ctx.out_dir)
+    tokenizer.save_pretrained(ctx.out_dir)
+    seconds = time.perf_counter() - started
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "trainable_params": trainable,
+        "train_runtime_s": round(seconds, 2),
+        "tokens": collator.tokens,
+        "tokens_per_s": round(collator.tokens / seconds, 1) if seconds else None,
+        "data": data.stats,
+        "resumed_from": resume.name if resume else None,
+    }
+
+
+def split_seed(cfg: schema.LoRA) -> int:
+    """The seed of the train/eval split; evaluation uses it too, so it never scores rows the model trained on."""
+    extra = cfg.training_args.model_extra or {}
+    return int(extra.get("data_seed", cfg.training_args.seed))
+
+
+def last_checkpoint(work_dir: Path) -> Optional[Path]:
+    checkpoints = sorted((work_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Leaf names of the linear layers LoRA can target (lm_head left out)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt")}
+    return sorted(names - {"lm_head"})
+
+
+def _check_target_modules(model: Any, cfg: schema.LoRA, pass_name: str) -> None:
+    if not isinstance(cfg.target_modules, list):
+        return
+    available = linear_module_names(model)
+    missing = [m for m in cfg.target_modules if m not in available]
+    if missing:
+        raise ConfigError(f"this model has no modules named {', '.join(missing)}; its linear modules are: "
+                          f"{', '.join(available)}", path=("passes", pass_name, "target_modules"),
+                          hint="pick from that list, or write target_modules: all-linear")
+
+
+def _load_base(path: Path, cfg: schema.LoRA) -> Any:
+    import torch
+    import transformers
+
+    dtype = getattr(torch, cfg.torch_dtype)
+    if not isinstance(cfg, schema.QLoRA):
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return model.to("cuda") if torch.cuda.is_available() else model
+    from peft import prepare_model_for_kbit_training
+
+    quantization = transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type, bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype))
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=quantization, device_map={"": device}, dtype=dtype)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training_args.gradient_checkpointing)
+
+
+def _training_arguments(cfg: schema.LoRA, ctx: PassContext, has_eval: bool) -> dict[str, Any]:
+    import torch
+
+    args = cfg.training_args.model_dump()
+    args.setdefault("save_strategy", "no")  # checkpoints are written when a run is interrupted, not on a timer
+    if not has_eval:
+        args["eval_strategy"] = "no"
+    if args["gradient_checkpointing"]:
+        args.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    args.update(output_dir=str(ctx.work_dir / "checkpoints"), report_to="none", disable_tqdm=True,
+                use_cpu=not torch.cuda.is_available(), remove_unused_columns=False)
+    return args
+
+
+class PaddingCollator:
+    """Pads each batch to its own longest sample (no padding to max_seq_len) and counts the real tokens."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        batch: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            ids = list(f["input_ids"])
+            mask = list(f.get("attention_mask") or [1] * len(ids))
+            labels = list(f.get("labels") or ids)
+            pad = width - len(ids)
+            batch["input_ids"].append(ids + [self.pad_token_id] * pad)
+            batch["attention_mask"].append(mask + [0] * pad)
+            batch["labels"].append(labels + [-100] * pad)
+            self.tokens += sum(mask)
+        return {key: torch.tensor(value) for key, value in batch.items()}
+
+
+class ProgressCallback:
+    """A TrainerCallback that reports each step as an event and stops, with a checkpoint, when asked to."""
+
+    def __init__(self, ctx: PassContext, collator: PaddingCollator):
+        self.ctx, self.collator = ctx, collator
+        self.loss: Optional[float] = None
+        self.lr: Optional[float] = None
+        self.stopped = False
+        self._started = time.perf_counter()
+        self._tokens_at_start = 0
+
+    # transformers calls every on_* hook; the ones not written here do nothing
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started, self._tokens_at_start = time.perf_counter(), self.collator.tokens
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        self.loss = logs.get("loss", self.loss)
+        self.lr = logs.get("learning_rate", self.lr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = time.perf_counter() - self._started
+        rate = (self.collator.tokens - self._tokens_at_start) / elapsed if elapsed > 0 else None
+        self.ctx.bus.emit(TrainStep(self.ctx.name, state.global_step, state.max_steps, self.loss, self.lr,
+                                    round(rate, 1) if rate else None))
+        if self.ctx.stop.is_set() and state.global_step < state.max_steps:
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+@contextlib.contextmanager
+def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
+    """In the main thread, a first Ctrl-C (or kernel interrupt) asks for a clean stop at the next step;
+    a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

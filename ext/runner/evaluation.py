@@ -1,0 +1,142 @@
+"""Measure a model with the configured evaluator, through the cache: a model measured before is not loaded again."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import schema
+from ..passes.base import Artifact
+from .cache import Cache, digest
+
+LATENCY_PROMPTS = 8
+
+
+def eval_rows(config: schema.WorkflowConfig, data_name: str) -> tuple[list[dict], Optional[dict]]:
+    """The rows a metric may score: the held-out split when a training pass uses this data config.
+
+    Returns the rows and a description of the split (part of the metrics' cache key).
+    """
+    from ..data import load_rows, split_rows
+    from ..passes.lora import split_seed
+
+    rows = load_rows(config.data_config(data_name), config.base_dir)
+    for p in config.passes.values():
+        if isinstance(p, schema.LoRA) and p.train_data_config == data_name and p.eval_dataset_size:
+            _, held_out = split_rows(rows, p.eval_dataset_size, split_seed(p))
+            return [dict(r) for r in held_out], {"size": p.eval_dataset_size, "seed": split_seed(p)}
+    return [dict(r) for r in rows], None
+
+
+def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig,
+                data_hashes: dict[str, str]) -> str:
+    used = sorted({m.data_config for m in evaluator.metrics if m.data_config})
+    splits = {p.train_data_config: [p.eval_dataset_size, p.training_args.seed, (p.training_args.model_extra or {}).get("data_seed")]
+              for p in config.passes.values() if isinstance(p, schema.LoRA)}
+    return digest({"model": artifact.identity, "evaluator": evaluator.model_dump(mode="json"),
+                   "data": {name: data_hashes.get(name) for name in used},
+                   "pre": {name: config.data_config(name).pre_process_data_config.model_dump(mode="json") for name in used},
+                   "splits": splits})
+
+
+def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig, cache: Cache,
+            data_hashes: dict[str, str], scratch: Path) -> dict[str, float]:
+    key = metrics_key(artifact, evaluator, config, data_hashes)
+    cached = cache.load_metrics(key)
+    if cached is not None:
+        return cached
+    from .. import evaluate
+    from ..inference import load_model
+
+    with _loadable(artifact, config, scratch) as path:
+        model = load_model(path)
+        values: dict[str, float] = {}
+        for metric in evaluator.metrics:
+            values[metric.name] = _one(metric, model, path, config, evaluate)
+    cache.save_metrics(key, values)
+    return values
+
+
+def _one(metric: schema.Metric, model: Any, path: Path, config: schema.WorkflowConfig, evaluate: Any) -> float:
+    if metric.type == "size_on_disk":
+        return round(evaluate.size_on_disk_mb(path), 3)
+    examples = _examples(metric, config)
+    if metric.type == "accuracy":
+        labels = metric.labels or config.data_config(metric.data_config).pre_process_data_config.labels \
+            or sorted({label for _, label in examples})
+        return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens), 4)
+    prompts = [prompt for prompt, _ in examples][:LATENCY_PROMPTS] or ["Hello, how are you today?"]
+    if metric.type == "latency":
+        return round(evaluate.latency_ms(model, prompts, metric.max_new_tokens), 2)
+    return round(evaluate.throughput(model, prompts, metric.max_new_tokens), 2)
+
+
+def _examples(metric: schema.Metric, config: schema.WorkflowConfig) -> list[tuple[str, str]]:
+    from ..data import eval_examples
+
+    name = metric.data_config or _first_data_config(config)
+    if name is None:
+        return []
+    rows, _ = eval_rows(config, name)
+    pre = config.data_config(name).pre_process_data_config
+    label = metric.label_column or pre.label_column
+    if label is None:  # latency/throughput on a data config without a label: prompts are the whole texts
+        from ..data import render
+
+        return [(render(row, pre).text, "") for row in rows[:LATENCY_PROMPTS]]
+    examples = eval_examples(rows, pre, label)
+    return examples[:metric.max_samples] if metric.max_samples else examples
+
+
+def _first_data_config(config: schema.WorkflowConfig) -> Optional[str]:
+    return config.data_configs[0].name if config.data_configs else None
+
+
+class _loadable:
+    """The folder to load for an artifact: adapters are merged into their base in a scratch folder first."""
+
+    def __init__(self, artifact: Artifact, config: schema.WorkflowConfig, scratch: Path):
+        self.artifact, self.config, self.scratch = artifact, config, scratch
+        self._tmp: Optional[str] = None
+
+    def __enter__(self) -> Path:
+        if self.artifact.kind != "adapter":
+            return self.artifact.path
+        from ..passes.merge import merge_adapter
+
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self._tmp = tempfile.mkdtemp(prefix="eval-merge-", dir=self.scratch)
+        merge_adapter(self.artifact.base.path, self.artifact.path, Path(self._tmp),
+                      trust_remote_code=self.config.input_model.load_kwargs.trust_remote_code)
+        return Path(self._tmp)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def goal_failures(config: schema.WorkflowConfig, evaluator: schema.Evaluator,
+                  metrics: dict[str, dict[str, float]], final: str) -> list[str]:
+    """The goals the final model misses, each as a sentence."""
+    failures = []
+    baseline, result = metrics.get("input", {}), metrics.get(final, {})
+    for metric in evaluator.metrics:
+        goal, value = metric.goal, result.get(metric.name)
+        if goal is None or value is None:
+            continue
+        sign = 1 if metric.higher_is_better else -1
+        if goal.type == "threshold":
+            ok = sign * (value - goal.value) >= 0
+            wanted = f"{'>=' if sign > 0 else '<='} {goal.value}"
+        else:
+            if metric.name not in baseline:
+                failures.append(f"{metric.name}: a {goal.type} goal needs the input model measured "
+                                "(evaluate_input_model: true)")
+                continue
+            change = sign * (value - baseline[metric.name])
+            ok = change >= goal.value if goal.type == "min-improvement" else -change <= goal.value
+            wanted = f"{goal.type} {goal.value} against the input model's {baseline[metric.name]}"
+        if not ok:
+            failures.append(f"{metric.name} = {value}, goal: {wanted}")
+    return failures

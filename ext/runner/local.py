@@ -1,0 +1,253 @@
+"""The local runner: a plan's passes in order, each through the cache, every step reported as an event."""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional
+
+from ..config import load_config, schema
+from ..errors import PassFailed, TunecellError
+from ..events import EventBus, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
+from ..passes.base import Artifact, Interrupted, PassContext
+from ..plan import Plan, plan as make_plan
+from . import manifest
+from .cache import PACKAGES_BY_PASS, Cache, digest, package_versions
+from .evaluation import goal_failures, measure
+from .result import PassRecord, RunResult
+
+
+def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides: Iterable[str] = (),
+        only: Optional[set[str]] = None, subscribers: Iterable[Subscriber] = (), progress: str = "text",
+        stop: Optional[threading.Event] = None, input_artifact: Optional[Artifact] = None) -> RunResult:
+    """Run a workflow on this machine.
+
+    ``config``: text, a path, a dict or a WorkflowConfig. ``only``: the pass types to run (the magics split a
+    workflow in two). ``progress``: "text" (tqdm bars), or "none". ``stop``: set it to stop at the next
+    safe point. ``input_artifact``: start from an earlier run's output instead of input_model.
+    Raises ConfigError for a bad config and PassFailed (with ``.result``) when a pass fails; an interrupted
+    run returns a result whose status is "interrupted".
+    """
+    if not isinstance(config, schema.WorkflowConfig) or overrides:
+        config = load_config(config, namespace, overrides)
+    bus = EventBus(tuple(subscribers))
+    if progress == "text":
+        from .progress import TextProgress
+
+        bus.subscribe(TextProgress())
+    return LocalRun(config, make_plan(config, only), bus, stop or threading.Event(), input_artifact).execute()
+
+
+class LocalRun:
+    def __init__(self, config: schema.WorkflowConfig, plan: Plan, bus: EventBus, stop: threading.Event,
+                 input_artifact: Optional[Artifact]):
+        self.config, self.plan, self.bus, self.stop = config, plan, bus, stop
+        self.cache = Cache(config.resolve(config.cache_dir), config.workflow_id)
+        self.scratch = config.resolve(config.cache_dir) / "scratch"
+        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.config_hash = digest(config.model_dump(mode="json"))
+        self.input_artifact = input_artifact
+        self.records: list[PassRecord] = []
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.artifacts: dict[str, str] = {}
+        self.data_hashes: dict[str, str] = {}
+        self.model_source = ""
+
+    def execute(self) -> RunResult:
+        started = time.perf_counter()
+        result = None
+        try:
+            with _scratch_env(self.scratch):
+                if self.config.clean_cache:
+                    self.cache.clear()
+                artifact = self._input()
+                self.data_hashes = self._data_hashes()
+                self.bus.emit(RunStarted(self.run_id, [[s.name, s.type] for s in self.plan.steps],
+                                         self.config_hash, self.model_source))
+                self._evaluate("input", artifact, only_if=self.config.evaluate_input_model)
+                final, adapter = artifact, None
+                for index, step in enumerate(self.plan.steps):
+                    final = self._run_step(index, step, final)
+                    if final.kind == "adapter":
+                        adapter = final
+                    self._evaluate(step.name, final, only_if=not self._merged_next(index, final))
+                status, failed = self._finish_status(final)
+                self._publish(final, adapter)
+                result = self._result(status, started, failed_goals=failed)
+        except Interrupted as e:
+            result = self._result("interrupted", started, checkpoint=str(e.checkpoint) if e.checkpoint else None)
+            self.bus.log(f"interrupted: run the same config again to resume"
+                         + (f" from {e.checkpoint}" if e.checkpoint else ""), "warning")
+        except PassFailed as e:
+            e.result = result = self._result("failed", started, error=str(e))
+            raise
+        finally:
+            if result is not None:
+                result.manifest_path = manifest.write(self, result)
+                self.bus.emit(RunFinished(result.status, str(result.manifest_path), result.duration_s))
+        return result
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _input(self) -> Artifact:
+        if self.input_artifact is not None:
+            self.model_source = f"output of an earlier run ({self.input_artifact.path})"
+            return self.input_artifact
+        from ..models import resolve_model
+
+        resolved = resolve_model(self.config.input_model, self.config.resolve(self.config.cache_dir))
+        self.model_source = resolved.source
+        self.bus.log(f"input model: {resolved.source}")
+        return Artifact("hf", resolved.path, resolved.identity)
+
+    def _data_hashes(self) -> dict[str, str]:
+        from ..data import data_hash
+        from ..data.files import is_azureml
+
+        hashes = {}
+        for dc in self.config.data_configs:
+            files = dc.load_dataset_config.data_files
+            hashes[dc.name] = "azureml" if is_azureml(files) else data_hash(dc, self.config.base_dir)
+        return hashes
+
+    def _key(self, step, source: Artifact) -> str:
+        cfg = self.config.passes[step.name]
+        data = [getattr(cfg, k) for k in ("train_data_config", "eval_data_config") if getattr(cfg, k, None)]
+        return digest({
+            "input": source.identity, "type": step.type, "settings": step.settings,
+            "data": {name: [self.data_hashes[name],
+                            self.config.data_config(name).model_dump(mode="json", exclude={"name"})]
+                     for name in data},
+            "packages": package_versions(PACKAGES_BY_PASS[step.type]),
+        })
+
+    def _run_step(self, index: int, step, source: Artifact) -> Artifact:
+        key = self._key(step, source)
+        entry = self.cache.entry(step.name, key)
+        self.bus.emit(PassStarted(step.name, step.type, index, len(self.plan.steps)))
+        started = time.perf_counter()
+        base = source if step.gives == "adapter" else None
+        if entry.complete:
+            return self._done(step, entry, key, base, started, cache_hit=True)
+        if self.stop.is_set():
+            raise Interrupted(None)
+        from ..passes.registry import PASSES
+
+        cfg = self.config.passes[step.name]
+        try:
+            with entry.building() as folder:
+                if folder is not None:
+                    ctx = PassContext(step.name, self.config, folder / "artifact", folder / "work", self.scratch,
+                                      self.bus, self.stop)
+                    stats = PASSES[step.type](source, cfg, ctx)
+                    entry.write_record(folder, {
+                        "pass": step.name, "type": step.type, "key": key, "status": "done",
+                        "settings": step.settings, "input": source.to_dict(), "stats": stats,
+                        "duration_s": round(time.perf_counter() - started, 2),
+                        "packages": package_versions(PACKAGES_BY_PASS[step.type])})
+        except Interrupted:
+            self._record(step, "interrupted", started)
+            raise
+        except TunecellError as e:
+            self._record(step, "failed", started, error=str(e))
+            raise PassFailed(step.name, step.type, e) from e
+        except Exception as e:
+            self._record(step, "failed", started, error=f"{type(e).__name__}: {e}")
+            raise PassFailed(step.name, step.type, e) from e
+        return self._done(step, entry, key, base, started, cache_hit=False)
+
+    def _done(self, step, entry, key: str, base: Optional[Artifact], started: float, cache_hit: bool) -> Artifact:
+        record = entry.record()
+        duration = round(time.perf_counter() - started, 2)
+        self.records.append(PassRecord(step.name, step.type, "cached" if cache_hit else "done", duration, cache_hit,
+                                       str(entry.artifact_dir), record.get("stats", {})))
+        self.artifacts[step.name] = str(entry.path)
+        self.bus.emit(PassFinished(step.name, step.type, "cached" if cache_hit else "done", duration, cache_hit,
+                                   str(entry.artifact_dir)))
+        return Artifact(step.gives, entry.artifact_dir, key, base)
+
+    def _record(self, step, status: str, started: float, error: Optional[str] = None) -> None:
+        duration = round(time.perf_counter() - started, 2)
+        self.records.append(PassRecord(step.name, step.type, status, duration))
+        self.bus.emit(PassFinished(step.name, step.type, status, duration, False, None, error))
+
+    # -------------------------------------------------------------------------------------- evaluation
+    def _evaluate(self, label: str, artifact: Artifact, only_if: bool = True) -> None:
+        if self.plan.evaluator is None or not only_if:
+            return
+        try:
+            values = measure(artifact, self.plan.evaluator, self.config, self.cache, self.data_hashes, self.scratch)
+        except TunecellError as e:
+            raise PassFailed(f"evaluate {label}", "evaluation", e) from e
+        except Exception as e:
+            raise PassFailed(f"evaluate {label}", "evaluation", e) from e
+        self.metrics[label] = values
+        for name, value in values.items():
+            self.bus.emit(MetricResult(label, name, value))
+
+    def _merged_next(self, index: int, artifact: Artifact) -> bool:
+        """An adapter that the next pass merges is measured once, as the merged model."""
+        steps = self.plan.steps
+        return artifact.kind == "adapter" and index + 1 < len(steps) and steps[index + 1].type == "MergeAdapterWeights"
+
+    def _finish_status(self, final: Artifact) -> tuple[str, list[str]]:
+        if self.plan.evaluator is None or not self.plan.steps:
+            return "succeeded", []
+        failed = goal_failures(self.config, self.plan.evaluator, self.metrics, self.plan.steps[-1].name)
+        for text in failed:
+            self.bus.log(f"goal missed: {text}", "error")
+        return ("failed" if failed else "succeeded"), failed
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def _publish(self, final: Artifact, adapter: Optional[Artifact]) -> None:
+        """Place the final model (and the adapter) in output_dir, atomically, linking instead of copying."""
+        out = self.config.resolve(self.config.output_dir)
+        for name, artifact in (("model", final if self.plan.steps else None), ("adapter", adapter)):
+            if artifact is None:
+                continue
+            target = out / name
+            stamp = target / ".tunecell-identity"
+            if not (stamp.is_file() and stamp.read_text() == artifact.identity):
+                _link_tree(artifact.path, target, artifact.identity)
+            self.artifacts[name] = str(target)
+
+    def _result(self, status: str, started: float, **extra: Any) -> RunResult:
+        return RunResult(self.run_id, status, list(self.records), dict(self.metrics), dict(self.artifacts),
+                         self.config_hash, self.model_source, duration_s=round(time.perf_counter() - started, 2),
+                         **extra)
+
+
+def _link_tree(source: Path, target: Path, identity: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    (tmp / ".tunecell-identity").write_text(identity)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextmanager
+def _scratch_env(scratch: Path) -> Iterator[None]:
+    """Keep the libraries' caches (datasets, onnxruntime, the builder) inside the run's cache folder."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    values = {"HF_DATASETS_CACHE": str(scratch / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if saved[k] is None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)

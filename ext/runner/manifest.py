@@ -1,0 +1,65 @@
+"""<output_dir>/manifest.json: what ran, on which weights and data, with which packages, and what it measured."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from .cache import package_versions
+
+if TYPE_CHECKING:
+    from .local import LocalRun
+    from .result import RunResult
+
+PACKAGES = ("tunecell", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes", "onnx",
+            "onnxruntime", "onnxruntime-genai")
+
+
+def write(run: "LocalRun", result: "RunResult") -> Path:
+    config = run.config
+    data = {
+        "run_id": result.run_id,
+        "status": result.status,
+        "error": result.error,
+        "failed_goals": result.failed_goals,
+        "checkpoint": result.checkpoint,
+        "config_hash": result.config_hash,
+        "data_hashes": run.data_hashes,
+        "packages": package_versions(PACKAGES),
+        "python": platform.python_version(),
+        "seed": _seed(config),
+        "model_source": result.model_source,
+        "git_sha": _git_sha(config.base_dir),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": result.duration_s,
+        "passes": [vars(p) for p in result.passes],
+        "metrics": result.metrics,
+        "artifacts": result.artifacts,
+        "notes": config.notes,
+        "config": config.model_dump(mode="json", exclude_defaults=True),
+    }
+    out = config.resolve(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.json"
+    tmp = out / f".manifest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def _seed(config) -> Optional[int]:
+    seeds = [p.training_args.seed for p in config.passes.values() if hasattr(p, "training_args")]
+    return seeds[0] if seeds else None
+
+
+def _git_sha(base_dir: Optional[str]) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base_dir or None, capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,112 @@
+"""RunResult: what a run leaves behind, with a summary that reads the same in a terminal and a saved notebook."""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclass
+class PassRecord:
+    name: str
+    type: str
+    status: str  # done | cached | failed | interrupted | skipped
+    duration_s: float = 0.0
+    cache_hit: bool = False
+    artifact: Optional[str] = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # succeeded | failed | interrupted
+    passes: list[PassRecord]
+    metrics: dict[str, dict[str, float]]  # "input" or pass name -> metric name -> value
+    artifacts: dict[str, str]  # pass name -> cache folder; "model" / "adapter" -> output folder
+    config_hash: str
+    model_source: str
+    manifest_path: Optional[Path] = None
+    duration_s: float = 0.0
+    failed_goals: list[str] = field(default_factory=list)
+    error: Optional[str] = None  # the short form; the exception itself is chained on the raised PassFailed
+    checkpoint: Optional[str] = None  # where an interrupted training run resumes from
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(Path(self.manifest_path).read_text()) if self.manifest_path else {}
+
+    def model(self, which: str = "model"):
+        """Load an output for generation: "model" (the final one), "adapter", or a pass name."""
+        from ..inference import load_model
+
+        if which not in self.artifacts:
+            raise KeyError(f"no artifact {which!r}; this run has {', '.join(self.artifacts)}")
+        path = Path(self.artifacts[which])
+        return load_model(path / "artifact" if (path / "artifact").is_dir() else path)
+
+    # ---------------------------------------------------------------------------------------- summary
+    def metric_table(self) -> tuple[list[str], list[list[str]]]:
+        """Rows of (metric, value for each measured model), models in run order."""
+        models = list(self.metrics)
+        names: list[str] = []
+        for values in self.metrics.values():
+            names += [n for n in values if n not in names]
+        rows = [[n] + [_fmt(self.metrics[m].get(n)) for m in models] for n in names]
+        return ["metric"] + models, rows
+
+    def __repr__(self) -> str:
+        lines = [f"tunecell run {self.run_id}: {self.status} in {self.duration_s:.1f} s"]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        for p in self.passes:
+            hit = " (cached)" if p.cache_hit else ""
+            lines.append(f"  {p.name:<16} {p.type:<20} {p.status}{hit} {p.duration_s:.1f} s")
+        header, rows = self.metric_table()
+        if rows:
+            widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+            for row in [header] + rows:
+                lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        lines += [f"  goal missed: {g}" for g in self.failed_goals]
+        if self.checkpoint:
+            lines.append(f"  checkpoint: {self.checkpoint} (run the same config again to resume)")
+        lines += [f"  {name}: {path}" for name, path in self.artifacts.items() if name in ("model", "adapter")]
+        lines.append(f"  weights: {self.model_source}")
+        lines.append(f"  config hash: {self.config_hash[:16]}" +
+                     (f"   manifest: {self.manifest_path}" if self.manifest_path else ""))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colour = {"succeeded": "#1a7f37", "failed": "#cf222e", "interrupted": "#9a6700"}.get(self.status, "#57606a")
+        e = html.escape
+        parts = [f"<div class='tunecell-summary'><b>tunecell run {e(self.run_id)}</b>: "
+                 f"<span style='color:{colour}'><b>{e(self.status)}</b></span> in {self.duration_s:.1f} s"]
+        if self.error:
+            parts.append(f"<pre style='color:#cf222e'>{e(self.error)}</pre>")
+        parts.append("<table><tr><th>pass</th><th>type</th><th>status</th><th>time</th></tr>")
+        for p in self.passes:
+            status = p.status + (" (cached)" if p.cache_hit else "")
+            parts.append(f"<tr><td>{e(p.name)}</td><td>{e(p.type)}</td><td>{e(status)}</td>"
+                         f"<td>{p.duration_s:.1f} s</td></tr>")
+        parts.append("</table>")
+        header, rows = self.metric_table()
+        if rows:
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+        parts += [f"<div style='color:#cf222e'>goal missed: {e(g)}</div>" for g in self.failed_goals]
+        if self.checkpoint:
+            parts.append(f"<div>checkpoint: <code>{e(self.checkpoint)}</code> (run again to resume)</div>")
+        parts += [f"<div>{e(n)}: <code>{e(p)}</code></div>" for n, p in self.artifacts.items()
+                  if n in ("model", "adapter")]
+        parts.append(f"<div>weights: {e(self.model_source)}</div><div>config hash: <code>{e(self.config_hash[:16])}"
+                     "</code></div></div>")
+        return "".join(parts)
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
