@@ -43,14 +43,15 @@ class Plan:
 
 
 def plan(config: schema.WorkflowConfig, only: Optional[set[str]] = None) -> Plan:
-    """The ordered steps of ``config``; ``only`` keeps the steps of those pass types (the magics' split)."""
+    """The ordered steps of ``config``; ``only`` keeps the passes of those names (`%%optimize --from` runs the
+    passes an earlier run did not)."""
     steps, previous = [], "input_model"
     for name, p in config.passes.items():
         takes, gives = PASS_IO[p.type]
         settings = p.model_dump(exclude={"type"}, mode="json")
         if isinstance(p, schema.ModelBuilder):
             settings["execution_provider"] = config.execution_provider
-        if only is None or p.type in only:
+        if only is None or name in only:
             steps.append(Step(name, p.type, settings, previous, next(iter(takes)), gives))
         previous = name
     evaluator = config.evaluators[config.evaluator] if config.evaluator else None

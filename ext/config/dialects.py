@@ -5,6 +5,7 @@ The functions rewrite a Located tree in place, so every key keeps the line it ca
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from ..errors import ConfigError
@@ -31,6 +32,9 @@ IGNORED_KEYS: dict[str, set[str]] = {
                  "plot_pareto_frontier", "enable_shared_cache", "clean_evaluation_cache", "packaging_config"},
     "pre_process_data_config": {"dataset_type"},
 }
+# Olive 0.5 params_config.component_kwargs.<component> -> the section it is now
+COMPONENT_KWARGS = {"load_dataset": "load_dataset_config", "pre_process_data": "pre_process_data_config",
+                    "dataloader": "dataloader_config"}
 QLORA_ONLY_KEYS = ("double_quant", "quant_type", "compute_dtype")
 EXECUTION_PROVIDER_DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "gpu"}
 
@@ -60,7 +64,7 @@ def normalise(raw: Any) -> tuple[LocatedDict, list[str]]:
     _ignore(raw, "workflow", "", notes)
     for name in ("input_model", "search_strategy"):
         if isinstance(raw.get(name), dict):
-            _unnest(raw[name], "config")
+            _unnest(raw[name], "config", (name,))
     if raw.get("search_strategy") is False:
         del raw["search_strategy"]
         notes.add("search_strategy: false is the default and was dropped")
@@ -70,8 +74,8 @@ def normalise(raw: Any) -> tuple[LocatedDict, list[str]]:
     _evaluators(raw, notes)
     _systems(raw, notes)
     if isinstance(raw.get("search_strategy"), dict):
-        _rename_all(raw["search_strategy"], "search_strategy", "search_strategy", notes)
-        _unnest(raw["search_strategy"], "search_algorithm_config")
+        _rename_all(raw["search_strategy"], "search_strategy", "search_strategy", notes, ("search_strategy",))
+        _unnest(raw["search_strategy"], "search_algorithm_config", ("search_strategy",))
     return raw, notes.items
 
 
@@ -87,35 +91,53 @@ def _located(value: Any) -> Any:
     return value
 
 
-def _unnest(d: LocatedDict, key: str) -> None:
+def _merge(target: dict, source: dict, path: tuple, what: str) -> None:
+    """Move the keys of ``source`` into ``target`` with their positions; a key given in both is an error."""
+    for k, v in source.items():
+        if k in target:
+            raise ConfigError(f"{k!r} is given both {what} and beside it", path=path + (k,),
+                              hint="keep only one of the two")
+        if isinstance(target, LocatedDict):
+            target.put(k, v, getattr(source, "key_pos", {}).get(k))
+        else:
+            target[k] = v
+
+
+def _unnest(d: LocatedDict, key: str, path: tuple = ()) -> None:
     """Olive's NestedConfig: {type: X, config: {...}} and {type: X, ...} mean the same thing."""
     inner = d.get(key)
     if not isinstance(inner, dict):
         return
-    del d[key]
-    for k, v in inner.items():
+    for k in inner:  # check before moving anything, while both keys are still in the tree
         if k in d:
-            raise ConfigError(f"{k!r} is given both inside '{key}' and beside it", path=(k,))
-        d.put(k, v, getattr(inner, "key_pos", {}).get(k))
+            raise ConfigError(f"{k!r} is given both inside '{key}' and beside it", path=path + (k,),
+                              hint=f"keep only one of the two (the keys inside '{key}' may sit beside it)")
+    del d[key]
+    _merge(d, inner, path, f"inside '{key}'")
 
 
-def _rename_all(d: LocatedDict, section: str, where: str, notes: Notes) -> None:
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+def _rename_all(d: LocatedDict, section: str, where: str, notes: Notes, path: tuple = ()) -> None:
     for old, new in RENAMED_KEYS.get(section, {}).items():
         if old not in d:
             continue
         if new in d:
-            raise ConfigError(f"both {old!r} (its old name) and {new!r} are given", path=(old,),
+            raise ConfigError(f"both {old!r} (its old name) and {new!r} are given", path=path + (old,),
                               hint=f"keep only {new!r}")
         d.move(old, new)
         notes.add(f"{old} is now {new}", where)
     for (sec, key), mapping in RENAMED_VALUES.items():
-        if sec == section and d.get(key) in mapping and mapping[d[key]] != d[key]:
-            notes.add(f"{key}: {d[key]} is now {mapping[d[key]]}", where)
-            d[key] = mapping[d[key]]
+        value = d.get(key)
+        if sec == section and _hashable(value) and value in mapping and mapping[value] != value:
+            notes.add(f"{key}: {value} is now {mapping[value]}", where)
+            d[key] = mapping[value]
 
 
 def _ignore(d: LocatedDict, section: str, where: str, notes: Notes) -> None:
-    for key in IGNORED_KEYS.get(section, set()) & set(d):
+    for key in sorted(IGNORED_KEYS.get(section, set()) & set(d)):
         del d[key]
         notes.add(f"{key} is an Olive option that tunecell does not use; ignored", where)
 
@@ -131,11 +153,12 @@ def _flatten_engine(raw: LocatedDict, notes: Notes) -> None:
         return
     if not isinstance(engine, dict):
         raise ConfigError("engine must be a mapping", path=("engine",))
-    del raw["engine"]
-    for key, value in engine.items():
+    for key in engine:
         if key in raw:
-            raise ConfigError(f"{key!r} is given both under engine and at top level", path=(key,))
-        raw.put(key, value, engine.key_pos.get(key) if isinstance(engine, LocatedDict) else None)
+            raise ConfigError(f"{key!r} is given both under engine and at top level", path=(key,),
+                              hint="keep only one of the two (engine keys may be written at top level)")
+    del raw["engine"]
+    _merge(raw, engine, (), "under engine")
     notes.add("engine keys are now written at top level")
 
 
@@ -145,17 +168,21 @@ def _input_model(raw: LocatedDict, notes: Notes) -> None:
         return
     hf_config = model.get("hf_config")
     if model.get("type") == "PyTorchModel" and isinstance(hf_config, dict):
+        _unnest(hf_config, "config", ("input_model", "hf_config"))
+        for k in hf_config:
+            if k in model:
+                raise ConfigError(f"{k!r} is given both inside 'hf_config' and beside it",
+                                  path=("input_model", "hf_config", k), hint="keep only one of the two")
         del model["hf_config"]
-        _unnest(hf_config, "config")
-        for k, v in hf_config.items():
-            model.put(k, v, hf_config.key_pos.get(k) if isinstance(hf_config, LocatedDict) else None)
+        _merge(model, hf_config, ("input_model",), "inside 'hf_config'")
         model["type"] = "HfModel"
         notes.add("type PyTorchModel with hf_config is now type HfModel", "input_model")
-    _rename_all(model, "input_model", "input_model", notes)
+    _rename_all(model, "input_model", "input_model", notes, ("input_model",))
     if isinstance(model.get("load_kwargs"), dict):
-        _rename_all(model["load_kwargs"], "load_kwargs", "input_model.load_kwargs", notes)
+        _rename_all(model["load_kwargs"], "load_kwargs", "input_model.load_kwargs", notes,
+                    ("input_model", "load_kwargs"))
     if isinstance(model.get("model_path"), dict):
-        _unnest(model["model_path"], "config")
+        _unnest(model["model_path"], "config", ("input_model", "model_path"))
 
 
 def _data_configs(raw: LocatedDict, notes: Notes) -> None:
@@ -171,37 +198,51 @@ def _data_configs(raw: LocatedDict, notes: Notes) -> None:
         notes.add("data_configs is now a list of configs, each with a name")
     if not isinstance(configs, list):
         return
-    for dc in configs:
+    for i, dc in enumerate(configs):
         if isinstance(dc, dict):
-            _data_config(dc, notes)
+            _data_config(dc, notes, ("data_configs", i))
 
 
-def _data_config(dc: LocatedDict, notes: Notes) -> None:
+def _data_config(dc: LocatedDict, notes: Notes, path: tuple) -> None:
     where = f"data_configs.{dc.get('name', '?')}"
     params = dc.get("params_config")
     if isinstance(params, dict):  # Olive 0.5: one params_config + component_kwargs
+        kwargs = params.get("component_kwargs")
+        kwargs_path = path + ("params_config", "component_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError("component_kwargs must be a mapping", path=kwargs_path)
+        sources = [("load_dataset_config", {k: v for k, v in params.items() if k != "component_kwargs"}, params)]
+        for component, values in (kwargs or {}).items():
+            if component not in COMPONENT_KWARGS:
+                close = difflib.get_close_matches(str(component), list(COMPONENT_KWARGS), n=1)
+                raise ConfigError(f"unknown component {component!r} in component_kwargs",
+                                  path=kwargs_path + (component,),
+                                  hint=f"did you mean {close[0]!r}?" if close else
+                                  f"known components: {', '.join(COMPONENT_KWARGS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"component_kwargs.{component} must be a mapping", path=kwargs_path + (component,))
+            sources.append((COMPONENT_KWARGS[component], values, values))
+        for target, _, origin in sources:
+            if target in dc and not isinstance(dc[target], dict):
+                raise ConfigError(f"{target} must be a mapping", path=path + (target,))
         del dc["params_config"]
-        kwargs = params.pop("component_kwargs", None) or {}
-        load = dc.setdefault("load_dataset_config", LocatedDict(pos=getattr(params, "pos", None)))
-        for k, v in params.items():
-            load.put(k, v, params.key_pos.get(k) if isinstance(params, LocatedDict) else None)
-        for component, target in (("load_dataset", "load_dataset_config"),
-                                  ("pre_process_data", "pre_process_data_config")):
-            extra = kwargs.get(component) if isinstance(kwargs, dict) else None
-            if isinstance(extra, dict):
-                section = dc.setdefault(target, LocatedDict(pos=getattr(extra, "pos", None)))
-                for k, v in extra.items():
-                    section.put(k, v, extra.key_pos.get(k) if isinstance(extra, LocatedDict) else None)
+        for target, values, origin in sources:
+            section = dc.setdefault(target, LocatedDict(pos=getattr(origin, "pos", None)))
+            for k, v in values.items():
+                if k in section:
+                    raise ConfigError(f"{k!r} is given both in params_config and in {target}",
+                                      path=path + (target, k), hint="keep only one of the two")
+                section.put(k, v, origin.key_pos.get(k) if isinstance(origin, LocatedDict) else None)
         notes.add("params_config and component_kwargs are now load_dataset_config and pre_process_data_config",
                   where)
     for section in ("load_dataset_config", "pre_process_data_config", "dataloader_config"):
         if isinstance(dc.get(section), dict):
-            _unnest(dc[section], "params")
-            _rename_all(dc[section], section, f"{where}.{section}", notes)
+            _unnest(dc[section], "params", path + (section,))
+            _rename_all(dc[section], section, f"{where}.{section}", notes, path + (section,))
             _ignore(dc[section], section, f"{where}.{section}", notes)
     load = dc.get("load_dataset_config")
     if isinstance(load, dict) and isinstance(load.get("data_files"), dict) and "type" in load["data_files"]:
-        _unnest(load["data_files"], "config")
+        _unnest(load["data_files"], "config", path + ("load_dataset_config", "data_files"))
     pre = dc.get("pre_process_data_config")
     if isinstance(pre, dict) and pre.get("text_template") is not None and pre.get("text_cols") is not None:
         del pre["text_cols"]
@@ -212,12 +253,14 @@ def _passes(raw: LocatedDict, notes: Notes) -> None:
     for name, p in _each(raw.get("passes")):
         if not isinstance(p, dict):
             continue
-        _unnest(p, "config")
+        path = ("passes", name)
+        _unnest(p, "config", path)
         where = f"passes.{name}"
-        _rename_all(p, "pass", where, notes)
+        _rename_all(p, "pass", where, notes, path)
         if isinstance(p.get("training_args"), dict):
-            _unnest(p["training_args"], "extra_args")
-            _rename_all(p["training_args"], "training_args", f"{where}.training_args", notes)
+            _unnest(p["training_args"], "extra_args", path + ("training_args",))
+            _rename_all(p["training_args"], "training_args", f"{where}.training_args", notes,
+                        path + ("training_args",))
         if p.get("type") == "LoRA" and any(k in p for k in QLORA_ONLY_KEYS):
             p["type"] = "QLoRA"
             given = ", ".join(k for k in QLORA_ONLY_KEYS if k in p)
@@ -229,8 +272,9 @@ def _evaluators(raw: LocatedDict, notes: Notes) -> None:
     for name, ev in _each(raw.get("evaluators")):
         if not isinstance(ev, dict):
             continue
-        _unnest(ev, "config")
-        for i, metric in enumerate(ev.get("metrics") or []):
+        _unnest(ev, "config", ("evaluators", name))
+        metrics = ev.get("metrics")
+        for i, metric in enumerate(metrics if isinstance(metrics, list) else []):
             if isinstance(metric, dict) and "sub_types" in metric:
                 _sub_types(metric, ("evaluators", name, "metrics", i), notes)
 
@@ -241,21 +285,28 @@ SUB_TYPE_NAMES = {"accuracy": {"accuracy_score", "accuracy"}, "latency": {"avg",
 
 def _sub_types(metric: LocatedDict, path: tuple, notes: Notes) -> None:
     """Olive's sub_types list (one measure each, with goal and priority) folds into the metric itself."""
-    subs = metric.pop("sub_types")
+    subs = metric["sub_types"]
     if not isinstance(subs, list) or len(subs) != 1 or not isinstance(subs[0], dict):
         raise ConfigError("tunecell takes exactly one sub_type per metric", path=path + ("sub_types",),
                           hint="write one metric per measure, each with its own name")
     sub = subs[0]
-    allowed = SUB_TYPE_NAMES.get(metric.get("type"), set())
-    if sub.get("name") not in allowed:
-        raise ConfigError(f"sub_type {sub.get('name')!r} is not supported yet for {metric.get('type')!r} metrics "
+    kind, name = metric.get("type"), sub.get("name")
+    allowed = SUB_TYPE_NAMES.get(kind, set()) if _hashable(kind) else set()
+    if not _hashable(name) or name not in allowed:
+        raise ConfigError(f"sub_type {name!r} is not supported yet for {kind!r} metrics "
                           f"(supported: {', '.join(sorted(allowed)) or 'none'})", path=path + ("sub_types", 0, "name"))
-    for key in ("goal", "priority"):
-        if key in sub:
-            metric.put(key, sub[key], getattr(sub, "key_pos", {}).get(key))
     unknown = set(sub) - {"name", "goal", "priority", "higher_is_better"}
     if unknown:
-        raise ConfigError(f"unknown sub_type key {sorted(unknown)[0]!r}", path=path + ("sub_types", 0))
+        key = sorted(map(str, unknown))[0]
+        raise ConfigError(f"unknown sub_type key {key!r}", path=path + ("sub_types", 0, key),
+                          hint="a sub_type takes name, goal, priority and higher_is_better")
+    for key in ("goal", "priority"):
+        if key in sub:
+            if key in metric:
+                raise ConfigError(f"{key!r} is given both in sub_types and on the metric", path=path + (key,),
+                                  hint="keep only one of the two")
+            metric.put(key, sub[key], getattr(sub, "key_pos", {}).get(key))
+    del metric["sub_types"]
     notes.add("metric sub_types are now written on the metric (goal, priority)")
 
 
@@ -263,7 +314,7 @@ def _systems(raw: LocatedDict, notes: Notes) -> None:
     for name, system in _each(raw.get("systems")):
         if not isinstance(system, dict):
             continue
-        _unnest(system, "config")
+        _unnest(system, "config", ("systems", name))
         accelerators = system.get("accelerators")
         if isinstance(accelerators, list):
             for i, acc in enumerate(accelerators):
@@ -273,21 +324,30 @@ def _systems(raw: LocatedDict, notes: Notes) -> None:
     providers = raw.get("execution_providers")
     if providers is None:
         return
+    supported = ", ".join(EXECUTION_PROVIDER_DEVICE)
+    if not isinstance(providers, list) or not providers:
+        raise ConfigError(f"execution_providers must be a list of execution providers (supported: {supported})",
+                          path=("execution_providers",), hint="for example execution_providers: [CPUExecutionProvider]")
+    for i, provider in enumerate(providers):
+        if not isinstance(provider, str) or provider not in EXECUTION_PROVIDER_DEVICE:
+            close = difflib.get_close_matches(str(provider), list(EXECUTION_PROVIDER_DEVICE), n=1)
+            raise ConfigError(f"execution provider {provider!r} is not supported (supported: {supported})",
+                              path=("execution_providers", i), hint=f"did you mean {close[0]!r}?" if close else None)
     del raw["execution_providers"]
-    if not isinstance(providers, list) or not all(p in EXECUTION_PROVIDER_DEVICE for p in providers):
-        raise ConfigError(f"execution_providers must be a list of {sorted(EXECUTION_PROVIDER_DEVICE)}",
-                          path=("execution_providers",))
-    systems = raw.setdefault("systems", LocatedDict())
+    systems = raw.get("systems")
+    if systems is not None and not isinstance(systems, dict):
+        return  # the schema reports systems itself
+    if systems is None:
+        systems = raw["systems"] = LocatedDict()
     target = raw.get("target") or raw.get("host")
     if target is None:
         target = raw["target"] = raw.setdefault("host", "local_system")
         systems.setdefault("local_system", LocatedDict({"type": "LocalSystem"}))
-    system = systems.get(target)
+    system = systems.get(target) if isinstance(target, str) else None
     if isinstance(system, dict):
         accs = system.get("accelerators") or LocatedList([LocatedDict({"device": EXECUTION_PROVIDER_DEVICE[providers[0]]})])
         system["accelerators"] = accs
-        for acc in accs:
+        for acc in accs if isinstance(accs, list) else []:
             if isinstance(acc, dict):
                 acc["execution_providers"] = list(providers)
     notes.add(f"execution_providers is now systems.{target}.accelerators[].execution_providers")
-

@@ -20,22 +20,18 @@ Source = Union[str, os.PathLike, Mapping[str, Any], schema.WorkflowConfig]
 
 
 def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
-                overrides: Iterable[str] = ()) -> schema.WorkflowConfig:
+                overrides: Iterable[str] = (), base: Optional[Source] = None) -> schema.WorkflowConfig:
     """Load and validate a config from YAML/JSON text, a file path, or a dict.
 
     ``{{ name }}`` in text is filled from ``namespace`` first (strict: an undefined name is an error).
-    ``overrides`` are ``key.path=value`` strings applied after the dialect mapping (``passes.lora.r=8``).
+    ``base``: another config that ``source`` is laid over, key by key (data configs by name).
+    ``overrides`` are ``key.path=value`` strings applied last (``passes.lora.r=8``).
     The result carries the dialect notes in ``config.notes``.
     """
-    if isinstance(source, schema.WorkflowConfig):
-        source = source.model_dump(mode="json", exclude_defaults=True)
-    text, base_dir = _read(source)
-    if text is not None:
-        text = fill_template(text, namespace or {})
-        raw = parse_text(text)
-    else:
-        raw = source
-    tree, notes = _locating(lambda: normalise(raw), raw)
+    tree, notes, base_dir = _tree(source, namespace)
+    if base is not None:
+        base_tree, base_notes, base_base_dir = _tree(base, namespace)
+        tree, notes, base_dir = _overlay(base_tree, tree), base_notes + notes, base_dir or base_base_dir
     for item in overrides:
         _locating(lambda: apply_override(tree, item), tree)
     try:
@@ -46,6 +42,39 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
     config._notes = notes
     config._base_dir = str(base_dir) if base_dir else None
     return config
+
+
+def _tree(source: Source, namespace: Optional[Mapping[str, Any]]) -> tuple[LocatedDict, list[str], Optional[Path]]:
+    if isinstance(source, schema.WorkflowConfig):
+        from .export import minimal_dict
+
+        source = minimal_dict(source)
+    text, base_dir = _read(source)
+    if text is not None:
+        text = fill_template(text, namespace or {})
+        raw = parse_text(text)
+        if not isinstance(raw, dict):
+            raise _not_a_mapping(raw, text)
+    else:
+        raw = source
+    tree, notes = _locating(lambda: normalise(raw), raw)
+    return tree, notes, base_dir
+
+
+def _overlay(base: Any, top: Any) -> Any:
+    """``top`` laid over ``base``: mappings merge key by key, named lists (data_configs) entry by entry."""
+    if isinstance(base, LocatedDict) and isinstance(top, dict):
+        for key, value in top.items():
+            base.put(key, _overlay(base[key], value) if key in base else value, getattr(top, "key_pos", {}).get(key))
+        return base
+    named = isinstance(base, list) and isinstance(top, list) and \
+        all(isinstance(x, dict) and "name" in x for x in list(base) + list(top))
+    if named:
+        merged = {x["name"]: x for x in base}
+        for x in top:
+            merged[x["name"]] = _overlay(merged[x["name"]], x) if x["name"] in merged else x
+        return LocatedList(merged.values())
+    return top
 
 
 def _read(source: Source) -> tuple[Optional[str], Optional[Path]]:
@@ -60,6 +89,19 @@ def _read(source: Source) -> tuple[Optional[str], Optional[Path]]:
     if not isinstance(source, str):
         raise ConfigError(f"a config is YAML/JSON text, a file path or a dict, not {type(source).__name__}")
     return source, None
+
+
+def _not_a_mapping(raw: Any, text: str) -> ConfigError:
+    """The text parsed, but to nothing, a list or a single value: say what it is, on its first line."""
+    first = next((i for i, ln in enumerate(text.splitlines(), 1) if ln.strip() and not ln.lstrip().startswith("#")),
+                 1)
+    if raw is None:
+        return ConfigError("the config is empty", line=first,
+                           hint="write a mapping of keys, starting with 'input_model:'")
+    what = "a list" if isinstance(raw, list) else f"a single value ({_short(raw)})"
+    return ConfigError(f"the config must be a mapping of keys (input_model, data_configs, passes, ...), not {what}",
+                       line=getattr(raw, "pos", (first, 1))[0],
+                       hint="start with 'input_model:'; a '- ' at the start of a line makes a list")
 
 
 def _locating(action, tree: Any):
@@ -88,12 +130,29 @@ def fill_template(text: str, namespace: Mapping[str, Any]) -> str:
         raise ConfigError(f"template syntax error: {e.message}", line=e.lineno,
                           hint="{{ name }} fills a value from the notebook; write {{ '{{' }} for literal braces") from None
     except jinja2.UndefinedError as e:
-        name = re.search(r"'([^']+)' is undefined", str(e))
-        name = name.group(1) if name else str(e)
-        line = next((i for i, ln in enumerate(text.splitlines(), 1) if re.search(r"{{[^}]*\b" + re.escape(name) + r"\b", ln)), None)
+        match = re.search(r"'([^']+)' is undefined", str(e))
+        if match is None:  # an attribute or item of a defined name: {{ cfg.lr }}
+            raise ConfigError(f"cannot fill a {{{{ }}}} from the notebook: {e}", line=_template_line(e),
+                              hint="check the name after the '.' or inside the [ ]") from None
+        name = match.group(1)
+        line = next((i for i, ln in enumerate(text.splitlines(), 1)
+                     if re.search(r"{{[^}]*\b" + re.escape(name) + r"\b", ln)), None) or _template_line(e)
         close = difflib.get_close_matches(name, [k for k in namespace if not k.startswith("_")], n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"define {name} in a cell above, or pass it with --set"
+        hint = f"did you mean {close[0]!r}?" if close else f"define {name} in a cell above"
         raise ConfigError(f"{{{{ {name} }}}} is not defined in the notebook namespace", line=line, hint=hint) from None
+    except Exception as e:  # an expression that fails: {{ 1 / 0 }}, a filter given the wrong value
+        raise ConfigError(f"cannot fill a {{{{ }}}} from the notebook: {type(e).__name__}: {e}",
+                          line=_template_line(e)) from None
+
+
+def _template_line(error: BaseException) -> Optional[int]:
+    """The line of the rendered template where ``error`` happened (Jinja puts template frames in the traceback)."""
+    tb, line = error.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 # ------------------------------------------------------------------------------------------- overrides
@@ -116,12 +175,19 @@ def apply_override(tree: LocatedDict, item: str) -> None:
             raise ConfigError(f"--set {key}: nothing is called {part!r} there", path=tuple(parts[:i + 1]))
     if not isinstance(node, dict):
         raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping", path=tuple(parts[:-1]))
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML ({getattr(e, 'problem', None) or e})",
+                          path=tuple(parts), hint="quote it: --set 'key=\"text\"'") from None
 
 
 # ------------------------------------------------------------------------------ pydantic errors, located
 def _config_error(error: ValidationError, tree: Any) -> ConfigError:
-    first = error.errors()[0]
+    errors = error.errors()
+    # A misspelt key shows up twice: unknown under its wrong name, missing under its right one. The unknown key,
+    # with its did-you-mean, is the one to show.
+    first = next((e for e in errors if e["type"] == "extra_forbidden" or "extra_forbidden:" in e["msg"]), errors[0])
     loc = tuple(first["loc"])
     kind, message = first["type"], first["msg"]
     hint = None
@@ -133,28 +199,31 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
         allowed = _allowed_keys(loc)
         message = f"unknown key {key!r}"
         hint = _did_you_mean(str(key), allowed)
-    elif kind == "union_tag_invalid" and "passes" in clean[:1]:
+    elif kind == "union_tag_invalid" and clean[:1] in (("passes",), ("systems",)):
         given = first["input"].get("type") if isinstance(first["input"], dict) else first["input"]
-        message = f"pass type {given!r} is not supported yet (supported: {', '.join(schema.PASS_TYPES)})"
-        close = difflib.get_close_matches(str(given), schema.PASS_TYPES, n=1)
+        what, known = ("pass", schema.PASS_TYPES) if clean[0] == "passes" else ("system", schema.SYSTEM_TYPES)
+        message = f"{what} type {given!r} is not supported yet (supported: {', '.join(known)})"
+        close = difflib.get_close_matches(str(given), known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else None
         clean, pos = locate(tree, loc[:2] + ("type",))
     elif kind == "union_tag_not_found":
         message = "this entry has no 'type'"
-        hint = "add type: (for a pass LoRA, QLoRA, MergeAdapterWeights or ModelBuilder; for a system LocalSystem or AzureML)"
+        known = schema.SYSTEM_TYPES if clean[:1] == ("systems",) else schema.PASS_TYPES
+        hint = f"add type: one of {', '.join(known)}"
     elif kind == "missing":
         message = f"{clean[-1]!r} is required here"
         clean, pos = clean, locate(tree, loc[:-1])[1]
-    else:
-        message = f"{message} (got {_short(first.get('input'))})" if "input" in first else message
-    same_place = [e for e in error.errors() if locate(tree, tuple(e["loc"]))[0] == clean]
+    elif "input" in first and not (kind == "value_error" and isinstance(first["input"], dict)):
+        message = f"{message} (got {_short(first.get('input'))})"  # (a whole section is not worth repeating)
+    same_place = [e for e in errors if locate(tree, tuple(e["loc"]))[0] == clean]
     if len(same_place) > 1 and kind not in ("missing", "extra_forbidden"):
         message = f"has the wrong type or value (got {_short(first.get('input'))}): expected one of " + \
             "; ".join(sorted({e["msg"].replace("Input should be ", "") for e in same_place}))
-    others = len({locate(tree, tuple(e["loc"]))[0] for e in error.errors()}) - 1
+    others = len({locate(tree, tuple(e["loc"]))[0] for e in errors}) - 1
     if others:
         message += f" (and {others} more problem{'s' if others > 1 else ''})"
-    return ConfigError(message.replace("Value error, ", ""), path=clean, line=pos[0] if pos else None,
+    message = re.sub(r" or instance of \w+", "", message.replace("Value error, ", ""))  # no class names
+    return ConfigError(message, path=clean, line=pos[0] if pos else None,
                        column=pos[1] if pos else None, hint=hint)
 
 

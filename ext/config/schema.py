@@ -6,6 +6,7 @@ preprocessing keys, so users train with defaults they never chose. Here a typo i
 from __future__ import annotations
 
 from pathlib import Path
+import string
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -14,7 +15,8 @@ from .training_args import TRAINING_ARGUMENT_NAMES
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` or `.nan` is never a sensible setting, and inf broke range checks (int(inf)).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -79,6 +81,21 @@ class PreProcessDataConfig(Model):
     response_template: Optional[str] = None
     label_column: Optional[str] = None
     labels: Optional[list[str]] = None
+
+    @field_validator("text_template")
+    @classmethod
+    def _template(cls, v: Optional[str]) -> Optional[str]:
+        """The template is applied with str.format(**row): it must parse, and each field must name a column."""
+        if v is None:
+            return v
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(v) if field is not None]
+        except ValueError as e:
+            raise ValueError(f"text_template is not a valid template ({e}): each {{field}} names a column, "
+                             "and a literal brace is written twice") from None
+        if any(not field or field.isdigit() for field in fields):
+            raise ValueError("text_template fields name the data's columns, like {phrase}; {} and {0} name none")
+        return v
 
     @field_validator("text_cols", mode="before")
     @classmethod
@@ -223,7 +240,7 @@ class Accelerator(Model):
 
 class LocalSystem(Model):
     type: Literal["LocalSystem"] = "LocalSystem"
-    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()])
+    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()], min_length=1)
 
 
 class AzureMLDockerConfig(Model):
@@ -233,7 +250,7 @@ class AzureMLDockerConfig(Model):
 
 class AzureMLSystem(Model):
     type: Literal["AzureML"] = "AzureML"
-    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator(device="gpu")])
+    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator(device="gpu")], min_length=1)
     aml_compute: str
     aml_docker_config: Optional[AzureMLDockerConfig] = None
     environment: Optional[str] = None  # a registered environment, "name:version"
@@ -248,6 +265,7 @@ class AzureMLSystem(Model):
 
 
 System = Annotated[Union[LocalSystem, AzureMLSystem], Field(discriminator="type")]
+SYSTEM_TYPES = ("LocalSystem", "AzureML")
 
 
 class AzureMLClient(Model):

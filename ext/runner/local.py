@@ -12,23 +12,24 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..config import load_config, schema
 from ..errors import PassFailed, TunecellError
-from ..events import EventBus, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
+from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..plan import Plan, plan as make_plan
 from . import manifest
 from .cache import PACKAGES_BY_PASS, Cache, digest, package_versions
 from .evaluation import goal_failures, measure
+from .history import record_run
 from .result import PassRecord, RunResult
 
 
 def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides: Iterable[str] = (),
         only: Optional[set[str]] = None, subscribers: Iterable[Subscriber] = (), progress: str = "text",
-        stop: Optional[threading.Event] = None, input_artifact: Optional[Artifact] = None) -> RunResult:
+        stop: Optional[threading.Event] = None, start_from: Optional[RunResult] = None) -> RunResult:
     """Run a workflow on this machine.
 
-    ``config``: text, a path, a dict or a WorkflowConfig. ``only``: the pass types to run (the magics split a
-    workflow in two). ``progress``: "text" (tqdm bars), or "none". ``stop``: set it to stop at the next
-    safe point. ``input_artifact``: start from an earlier run's output instead of input_model.
+    ``config``: text, a path, a dict or a WorkflowConfig. ``only``: the names of the passes to run.
+    ``progress``: "text" (tqdm bars), or "none". ``stop``: set it to stop at the next safe point.
+    ``start_from``: an earlier run whose final model is the input (its passes and metrics carry over).
     Raises ConfigError for a bad config and PassFailed (with ``.result``) when a pass fails; an interrupted
     run returns a result whose status is "interrupted".
     """
@@ -39,21 +40,25 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
         from .progress import TextProgress
 
         bus.subscribe(TextProgress())
-    return LocalRun(config, make_plan(config, only), bus, stop or threading.Event(), input_artifact).execute()
+    if start_from is not None and only is None:
+        only = {name for name in config.passes if name not in {p.name for p in start_from.passes}}
+    return LocalRun(config, make_plan(config, only), bus, stop or threading.Event(), start_from).execute()
 
 
 class LocalRun:
     def __init__(self, config: schema.WorkflowConfig, plan: Plan, bus: EventBus, stop: threading.Event,
-                 input_artifact: Optional[Artifact]):
+                 start_from: Optional[RunResult]):
         self.config, self.plan, self.bus, self.stop = config, plan, bus, stop
         self.cache = Cache(config.resolve(config.cache_dir), config.workflow_id)
         self.scratch = config.resolve(config.cache_dir) / "scratch"
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.config_hash = digest(config.model_dump(mode="json"))
-        self.input_artifact = input_artifact
-        self.records: list[PassRecord] = []
-        self.metrics: dict[str, dict[str, float]] = {}
-        self.artifacts: dict[str, str] = {}
+        self.start_from = start_from
+        self.records: list[PassRecord] = list(start_from.passes) if start_from else []
+        self.metrics: dict[str, dict[str, float]] = dict(start_from.metrics) if start_from else {}
+        self.artifacts: dict[str, str] = {k: v for k, v in (start_from.artifacts if start_from else {}).items()
+                                          if k not in ("model", "adapter")}
+        self.final: Optional[Artifact] = None
         self.data_hashes: dict[str, str] = {}
         self.model_source = ""
 
@@ -68,10 +73,10 @@ class LocalRun:
                 self.data_hashes = self._data_hashes()
                 self.bus.emit(RunStarted(self.run_id, [[s.name, s.type] for s in self.plan.steps],
                                          self.config_hash, self.model_source))
-                self._evaluate("input", artifact, only_if=self.config.evaluate_input_model)
+                self._evaluate("input", artifact, only_if=self.config.evaluate_input_model and not self.start_from)
                 final, adapter = artifact, None
                 for index, step in enumerate(self.plan.steps):
-                    final = self._run_step(index, step, final)
+                    final = self.final = self._run_step(index, step, final)
                     if final.kind == "adapter":
                         adapter = final
                     self._evaluate(step.name, final, only_if=not self._merged_next(index, final))
@@ -88,14 +93,19 @@ class LocalRun:
         finally:
             if result is not None:
                 result.manifest_path = manifest.write(self, result)
+                record_run(self.config.resolve(self.config.cache_dir), {
+                    "run_id": result.run_id, "status": result.status, "manifest": str(result.manifest_path),
+                    "config_hash": result.config_hash})
                 self.bus.emit(RunFinished(result.status, str(result.manifest_path), result.duration_s))
         return result
 
     # ------------------------------------------------------------------------------------------ steps
     def _input(self) -> Artifact:
-        if self.input_artifact is not None:
-            self.model_source = f"output of an earlier run ({self.input_artifact.path})"
-            return self.input_artifact
+        if self.start_from is not None:
+            if self.start_from.final is None:
+                raise TunecellError(f"run {self.start_from.run_id} produced no model to start from")
+            self.model_source = self.start_from.model_source
+            return Artifact.from_dict(self.start_from.final)
         from ..models import resolve_model
 
         resolved = resolve_model(self.config.input_model, self.config.resolve(self.config.cache_dir))
@@ -215,8 +225,10 @@ class LocalRun:
             self.artifacts[name] = str(target)
 
     def _result(self, status: str, started: float, **extra: Any) -> RunResult:
+        logs = [f"{e.level}: {e.text}" for e in self.bus.history if isinstance(e, Log)]
         return RunResult(self.run_id, status, list(self.records), dict(self.metrics), dict(self.artifacts),
                          self.config_hash, self.model_source, duration_s=round(time.perf_counter() - started, 2),
+                         final=self.final.to_dict() if self.final else None, logs=logs, config=self.config,
                          **extra)
 
 

@@ -33,6 +33,9 @@ class RunResult:
     failed_goals: list[str] = field(default_factory=list)
     error: Optional[str] = None  # the short form; the exception itself is chained on the raised PassFailed
     checkpoint: Optional[str] = None  # where an interrupted training run resumes from
+    final: Optional[dict[str, Any]] = None  # the last pass's artifact (Artifact.to_dict()), for `--from`
+    logs: list[str] = field(default_factory=list)
+    config: Optional[Any] = None  # the WorkflowConfig that ran
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -1,0 +1,289 @@
+"""The TuneCell magics: a thin shell over tunecell's Python API (load_config, plan, run, load_model)."""
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Enum, Unicode
+
+from .background import BackgroundRun
+
+SUBCOMMANDS = ("status", "runs", "cancel", "logs", "export", "cache", "version")
+
+
+def _workflow_arguments(func):
+    for decorator in reversed([
+        magic_arguments(),
+        argument("-f", "--file", help="load the config from this file; the cell body, if any, overrides its keys"),
+        argument("-o", "--out", metavar="NAME", help="store the RunResult in this notebook variable"),
+        argument("--from", dest="from_", metavar="NAME",
+                 help="start from the model of an earlier run (a variable set with -o)"),
+        argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override one config key, e.g. --set passes.lora.r=8"),
+        argument("--target", help="where to run: local, or the name of a system in the config"),
+        argument("--dry-run", action="store_true", help="validate, show the plan and notes; run nothing"),
+        argument("--preview", action="store_true", help="show the training samples as the model will see them"),
+        argument("--export", metavar="FILE", help="write the normalised config (.json Olive-style, .yaml) and stop"),
+        argument("--background", action="store_true",
+                 help="return at once with a handle; progress keeps updating; Cancel stops the run"),
+    ]):
+        func = decorator(func)
+    return func
+
+
+@magics_class
+class TuneCell(Magics):
+    """Fine-tune, merge, convert and evaluate models from notebook cells. Settings: %config TuneCell."""
+
+    cache_dir = Unicode(None, allow_none=True, config=True,
+                        help="cache folder used when a config does not name one")
+    default_target = Unicode("local", config=True, help="target used when neither the config nor --target name one")
+    short_errors = Bool(True, config=True, help="show a short message for a failed pass; False shows the traceback")
+    progress = Enum(["auto", "widgets", "text", "none"], default_value="auto", config=True,
+                    help="how runs show progress: widgets in a notebook, text bars in a terminal (auto picks)")
+
+    def __init__(self, shell: Any):
+        super().__init__(shell)
+        self.runs: dict[str, Any] = {}  # run id -> RunResult or BackgroundRun, this session
+        self._models: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------- cell magics
+    @no_var_expand
+    @_workflow_arguments
+    @cell_magic
+    def finetune(self, line: str, cell: str) -> Any:
+        """Run a workflow config (any Olive dialect, YAML or JSON): fine-tuning, merge, and what else it holds."""
+        return self._workflow(self.finetune, line, cell)
+
+    @no_var_expand
+    @_workflow_arguments
+    @cell_magic
+    def optimize(self, line: str, cell: str) -> Any:
+        """Convert and evaluate: the body's passes (ModelBuilder ...) on its input_model, or on --from NAME."""
+        return self._workflow(self.optimize, line, cell)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("--model", help="a RunResult variable, a run's output folder, or an ONNX/HF model folder")
+    @argument("--max-new-tokens", type=int, default=64)
+    @cell_magic
+    def generate(self, line: str, cell: str) -> None:
+        """Each line of the body is a prompt; prints the model's answer and its speed."""
+        args = parse_argstring(self.generate, line)
+        model = self._model(args.model)
+        for prompt in (p for p in cell.splitlines() if p.strip()):
+            prompt = prompt.encode().decode("unicode_escape") if "\\n" in prompt else prompt
+            text, tokens, seconds = model.generate_with_stats(prompt, args.max_new_tokens)
+            rate = f"{tokens / seconds:.1f} tokens/s" if seconds > 0 else ""
+            print(f">>> {prompt}\n{text.strip()}\n    ({tokens} tokens, {rate})")
+
+    @line_magic
+    def tunecell(self, line: str) -> Any:
+        """%tunecell status | runs | cancel [RUN] | logs [RUN] | export [RUN] FILE | cache [clear] | version"""
+        words = shlex.split(line)
+        if not words or words[0] not in SUBCOMMANDS:
+            raise UsageError(f"usage: %tunecell {' | '.join(SUBCOMMANDS)}")
+        return getattr(self, f"_cmd_{words[0]}")(*words[1:])
+
+    # ---------------------------------------------------------------------------------------- the work
+    def _workflow(self, magic: Any, line: str, cell: str) -> Any:
+        from tunecell.errors import ConfigError, DataError, PassFailed
+
+        args = parse_argstring(magic, line)
+        try:
+            config, start_from = self._config(args, cell)
+            if args.export:
+                from tunecell.config.export import export_config
+
+                print(f"wrote {export_config(config, args.export)}")
+                return None
+            if args.dry_run:
+                from tunecell.plan import plan
+
+                print(plan(config).describe())
+                return None
+            if args.preview:
+                from tunecell.widgets import preview
+
+                return preview(config)
+            return self._run(config, args, start_from)
+        except (ConfigError, DataError) as e:
+            raise UsageError(str(e)) from None
+        except PassFailed as e:
+            if e.result is not None:
+                self._remember(e.result, args.out)
+            if not self.short_errors:
+                raise
+            raise UsageError(f"{e}\n(for the full traceback: %config TuneCell.short_errors = False)") from None
+
+    def _config(self, args: Any, cell: str) -> tuple[Any, Any]:
+        from tunecell.config import load_config
+
+        start_from = self._result_named(args.from_) if args.from_ else None
+        base: Any = args.file
+        if start_from is not None and base is None and start_from.config is not None:
+            base = start_from.config
+        overrides = list(args.set)
+        target = args.target or (self.default_target if self.default_target != "local" else None)
+        if target == "local":
+            overrides += ["host=null", "target=null"]
+        elif target:
+            overrides += [f"host={target}", f"target={target}"]
+        body = cell if cell.strip() else None
+        if body is None and base is None:
+            raise UsageError("the cell has no config: write one in the body, or give -f FILE or --from NAME")
+        config = load_config(body if body is not None else base, self.shell.user_ns, overrides,
+                             base=base if body is not None else None)
+        if self.cache_dir and "cache_dir" not in config.model_fields_set:
+            config.cache_dir = self.cache_dir
+        return config, start_from
+
+    def _run(self, config: Any, args: Any, start_from: Any) -> Any:
+        from IPython.display import display
+
+        from tunecell.runner import run
+
+        stop = threading.Event()
+        mode = self._progress_mode()
+        subscribers = []
+        if mode == "widgets":
+            from tunecell.widgets.progress import RunProgress
+
+            view = RunProgress(stop_event=stop)
+            display(view.widget)
+            subscribers.append(view)
+        text = mode == "text" and not args.background  # a thread's prints would land in whichever cell runs
+        kwargs = dict(subscribers=subscribers, progress="text" if text else "none", stop=stop, start_from=start_from)
+        if args.background:
+            handle = BackgroundRun(run, config, kwargs, stop, on_done=lambda r: self._remember(r, None))
+            self.runs[handle.id] = handle
+            if args.out:
+                self.shell.user_ns[args.out] = handle
+            print(f"running in the background as {handle.id}: %tunecell status, %tunecell cancel {handle.id}")
+            return handle
+        result = run(config, **kwargs)
+        self._remember(result, args.out)
+        display(result)
+        if result.status == "interrupted":
+            raise UsageError("interrupted" + (f"; checkpoint saved in {result.checkpoint}" if result.checkpoint else "")
+                             + ". Run the cell again to resume.")
+        return None
+
+    def _progress_mode(self) -> str:
+        if self.progress != "auto":
+            return self.progress
+        return "widgets" if "ipykernel" in sys.modules and type(self.shell).__name__ == "ZMQInteractiveShell" else "text"
+
+    def _remember(self, result: Any, name: Optional[str]) -> None:
+        self.runs[result.run_id] = result
+        if name:
+            self.shell.user_ns[name] = result
+
+    # ----------------------------------------------------------------------------------------- lookups
+    def _result_named(self, name: str) -> Any:
+        value = self.shell.user_ns.get(name)
+        if isinstance(value, BackgroundRun):
+            value = value.wait()
+        if value is None or not hasattr(value, "final"):
+            raise UsageError(f"--from {name}: no run result called {name!r} in the notebook; "
+                             "store one with %%finetune -o NAME")
+        return value
+
+    def _run_named(self, run_id: Optional[str]) -> Any:
+        if not self.runs:
+            raise UsageError("no runs in this session yet")
+        if run_id is None:
+            return list(self.runs.values())[-1]
+        if run_id in self.runs:
+            return self.runs[run_id]
+        value = self.shell.user_ns.get(run_id)
+        if value is not None and hasattr(value, "run_id"):
+            return value
+        raise UsageError(f"no run {run_id!r}; runs: {', '.join(self.runs)}")
+
+    def _model(self, name: Optional[str]) -> Any:
+        from tunecell.inference import load_model
+
+        value: Any = self.shell.user_ns.get(name) if name else self._run_named(None)
+        if isinstance(value, BackgroundRun):
+            value = value.wait()
+        if hasattr(value, "artifacts"):  # a RunResult
+            path = value.artifacts.get("model")
+            if path is None:
+                raise UsageError(f"run {value.run_id} produced no model")
+        elif hasattr(value, "generate_with_stats"):
+            return value
+        else:
+            path = name
+        if not Path(path).exists():
+            raise UsageError(f"--model {name}: not a run result in the notebook nor a model folder")
+        if path not in self._models:
+            self._models[path] = load_model(path)
+        return self._models[path]
+
+    # ----------------------------------------------------------------------------------- subcommands
+    def _cmd_status(self) -> None:
+        if not self.runs:
+            print("no runs in this session")
+        for run_id, value in self.runs.items():
+            print(f"{run_id}: {value.status}")
+
+    def _cmd_runs(self) -> None:
+        from tunecell.runner.history import recorded_runs
+
+        found = recorded_runs(self._cache_root())
+        if not found:
+            print(f"no runs recorded under {self._cache_root()}")
+        for record in found:
+            print(f"{record['run_id']}: {record['status']}  {record.get('manifest', '')}")
+
+    def _cmd_cancel(self, run_id: Optional[str] = None) -> None:
+        value = self._run_named(run_id)
+        if not isinstance(value, BackgroundRun):
+            raise UsageError(f"run {value.run_id} has finished; nothing to cancel")
+        value.cancel()
+        print(f"cancelling {value.id}: it stops at the next step")
+
+    def _cmd_logs(self, run_id: Optional[str] = None) -> None:
+        value = self._run_named(run_id)
+        print("\n".join(value.logs) or "(no log lines)")
+
+    def _cmd_export(self, *words: str) -> None:
+        from tunecell.config.export import export_config
+
+        if not words:
+            raise UsageError("usage: %tunecell export [RUN] FILE")
+        value = self._run_named(words[0] if len(words) > 1 else None)
+        if isinstance(value, BackgroundRun):
+            value = value.wait()
+        print(f"wrote {export_config(value.config, words[-1])}")
+
+    def _cmd_cache(self, action: Optional[str] = None) -> None:
+        import shutil
+
+        root = self._cache_root()
+        if action == "clear":
+            shutil.rmtree(root, ignore_errors=True)
+            print(f"cleared {root}")
+            return
+        if action is not None:
+            raise UsageError("usage: %tunecell cache [clear]")
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+        print(f"{root}: {size / 1e6:.1f} MB")
+
+    def _cmd_version(self) -> None:
+        from tunecell import __version__
+        from tunecell.runner.manifest import PACKAGES, package_versions
+
+        print(f"tunecell {__version__}")
+        for name, version in package_versions(PACKAGES[1:]).items():
+            print(f"  {name} {version or '(not installed)'}")
+
+    def _cache_root(self) -> Path:
+        return Path(self.cache_dir or ".tunecell/cache")

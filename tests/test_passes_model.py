@@ -1,0 +1,182 @@
+"""Merge, ONNX build, inference and metrics on the tiny random Phi-3 (plumbing only: its outputs are noise)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from tunecell import evaluate
+from tunecell.inference import first_label, load_model
+from tunecell.passes.merge import merge_adapter
+from tunecell.passes.model_builder import build_onnx
+
+LORA_R, LORA_ALPHA = 8, 16
+PROMPTS = ["### Text: I lost my dog today\n### The tone is:\n", "Return the sum of", "hello there",
+           "### Text: we won the big prize\n### The tone is:\n", "The module provides"]
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory) -> Path:
+    """A LoRA adapter on qkv_proj/o_proj whose B matrices are random, so merging changes the weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["qkv_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_model, adapter, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("merged")
+    merge_adapter(tiny_model, adapter, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_models(merged, tmp_path_factory) -> dict[str, Path]:
+    built = {}
+    for precision in ("int4", "fp32"):
+        out = tmp_path_factory.mktemp(f"onnx-{precision}")
+        started = time.perf_counter()
+        build_onnx(merged, out, precision=precision, execution_provider="cpu",
+                   scratch_dir=tmp_path_factory.mktemp("scratch"))
+        print(f"builder {precision}: {time.perf_counter() - started:.2f} s")
+        built[precision] = out
+    return built
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / next(p.name for p in folder.glob("*.safetensors")))
+
+
+def test_merge_adds_scaled_lora_product(tiny_model, adapter, merged):
+    base, lora, result = _weights(tiny_model), _weights(adapter), _weights(merged)
+    assert set(result) == set(base)
+    scale = LORA_ALPHA / LORA_R
+    targets = [key for key in base if key.endswith(("qkv_proj.weight", "o_proj.weight"))]
+    assert len(targets) == 8
+    for key in targets:
+        prefix = "base_model.model." + key.removesuffix(".weight")
+        delta = scale * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
+        assert (result[key] - base[key]).abs().max() > 1e-3, key
+        assert (result[key] - (base[key] + delta)).abs().max() < 1e-5, key
+    for key in set(base) - set(targets):
+        assert (result[key] == base[key]).all(), key
+
+
+def test_merged_folder_is_a_plain_model(merged):
+    from transformers import AutoModelForCausalLM
+
+    assert not (merged / "adapter_config.json").exists()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (merged / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert type(model).__name__ == "Phi3ForCausalLM"
+    assert not [name for name, _ in model.named_parameters() if "lora" in name]
+    assert model.generation_config.eos_token_id == [3, 6]  # the base's list, not only config.eos_token_id
+    assert isinstance(load_model(merged).generate(PROMPTS[0], 8), str)
+
+
+def test_int4_and_fp32_onnx_load_and_generate(onnx_models):
+    for precision, folder in onnx_models.items():
+        assert (folder / "genai_config.json").is_file()
+        model = load_model(folder)
+        assert model.kind == "onnx" and model.path == folder
+        text, new_tokens, seconds = model.generate_with_stats(PROMPTS[0], 16)
+        assert isinstance(text, str) and text
+        assert 1 <= new_tokens <= 16 and seconds > 0
+        print(f"onnx {precision}: {new_tokens / seconds:.0f} tokens/s")
+    assert evaluate.size_on_disk_mb(onnx_models["int4"]) < 0.5 * evaluate.size_on_disk_mb(onnx_models["fp32"])
+
+
+def test_fp32_onnx_greedy_output_equals_pytorch(merged, onnx_models):
+    hf, onnx = load_model(merged), load_model(onnx_models["fp32"])
+    for prompt in PROMPTS:
+        hf_text, hf_tokens, _ = hf.generate_with_stats(prompt, 24)
+        onnx_text, onnx_tokens, _ = onnx.generate_with_stats(prompt, 24)
+        assert (onnx_text, onnx_tokens) == (hf_text, hf_tokens), prompt
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_on_cpu_is_refused_with_a_reason(merged, tmp_path, precision):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=f"{precision} does not suit the cpu execution provider") as error:
+        build_onnx(merged, out, precision=precision, execution_provider="cpu", scratch_dir=tmp_path / "scratch")
+    assert "int4" in str(error.value) and "fp32" in str(error.value) and "CUDA" in str(error.value)
+    assert not out.exists()
+
+
+def test_builder_wants_a_local_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a local Hugging Face model folder"):
+        build_onnx(Path("someone/some-model"), tmp_path / "out", precision="int4", execution_provider="cpu",
+                   scratch_dir=tmp_path / "scratch")
+
+
+def test_builder_leaves_root_logging_alone(merged, tmp_path):
+    root = logging.getLogger()
+    before = (root.level, root.handlers[:])
+    build_onnx(merged, tmp_path / "out", precision="int4", execution_provider="cpu", int4_block_size=64,
+               int4_accuracy_level=4, int4_is_symmetric=False, scratch_dir=tmp_path / "scratch")
+    assert (root.level, root.handlers) == before
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("generated, labels, expected", [
+    (" **Sad**.", ["Sad", "Joy"], "Sad"),
+    ("joy! what a day", ["Sad", "Joy"], "Joy"),
+    ("Very sad indeed", ["very", "Very sad"], "Very sad"),
+    ("sadness", ["Sad"], None),
+    ("The tone is Sad", ["Sad"], None),
+    ("", ["Sad"], None),
+])
+def test_first_label(generated, labels, expected):
+    assert first_label(generated, labels) == expected
+
+
+def test_accuracy_is_the_fraction_classify_gets_right(onnx_models):
+    model = load_model(onnx_models["int4"])
+    generated = {prompt: model.generate(prompt, 4) for prompt in PROMPTS}
+    usable = [prompt for prompt, text in generated.items() if text.strip()[:1].isalnum()]
+    assert usable, generated
+    # labels the model does produce (the first word it generates) and one it never does
+    labels = sorted({generated[prompt].split()[0] for prompt in usable}) + ["Neverword"]
+    examples = [(prompt, generated[prompt].split()[0]) for prompt in usable] + [(p, "Neverword") for p in PROMPTS]
+
+    predictions = [model.classify(prompt, labels, max_new_tokens=4) for prompt, _ in examples]
+    fraction = sum(p is not None and p.lower() == e.lower() for p, (_, e) in zip(predictions, examples)) / len(examples)
+    value = evaluate.accuracy(model, examples, labels, max_new_tokens=4)
+    assert value == pytest.approx(fraction)
+    assert 0 < value < 1
+
+
+def test_classify_fills_the_prompt_template(onnx_models):
+    model = load_model(onnx_models["int4"])
+    template = "### Text: {text}\n### The tone is:\n"
+    prompt = template.format(text="I lost my dog today")
+    labels = model.generate(prompt, 4).split()[:1] + ["Neverword"]
+    with_template = model.classify("I lost my dog today", labels, prompt_template=template)
+    assert with_template == model.classify(prompt, labels)
+    assert with_template == first_label(model.generate(prompt, 4), labels)
+
+
+def test_speed_and_size_metrics(merged, onnx_models):
+    for folder in (merged, onnx_models["int4"]):
+        model = load_model(folder)
+        assert evaluate.latency_ms(model, PROMPTS[:2], max_new_tokens=8) > 0
+        assert evaluate.throughput(model, PROMPTS[:2], max_new_tokens=8) > 0
+        assert evaluate.size_on_disk_mb(folder) > 0
+    merged_mb = evaluate.size_on_disk_mb(merged)
+    assert merged_mb == pytest.approx((merged / "model.safetensors").stat().st_size / 1e6)
