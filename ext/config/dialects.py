@@ -18,7 +18,7 @@ RENAMED_KEYS: dict[str, dict[str, str]] = {
     "load_dataset_config": {"subset_name": "subset"},
     "pre_process_data_config": {"corpus_strategy": "strategy", "source_max_len": "max_seq_len"},
     "pass": {"lora_r": "r", "lora_alpha": "alpha"},
-    "training_args": {"evaluation_strategy": "eval_strategy"},
+    "training_args": {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps"},
     "search_strategy": {"search_algorithm": "sampler"},
     "load_kwargs": {"torch_dtype": "dtype"},
 }
@@ -261,11 +261,25 @@ def _passes(raw: LocatedDict, notes: Notes) -> None:
             _unnest(p["training_args"], "extra_args", path + ("training_args",))
             _rename_all(p["training_args"], "training_args", f"{where}.training_args", notes,
                         path + ("training_args",))
+            _group_by_length(p["training_args"], f"{where}.training_args", notes, path + ("training_args",))
         if p.get("type") == "LoRA" and any(k in p for k in QLORA_ONLY_KEYS):
             p["type"] = "QLoRA"
             given = ", ".join(k for k in QLORA_ONLY_KEYS if k in p)
             notes.add(f"{given} is a QLoRA option, so this pass runs as QLoRA (4-bit base); write type: QLoRA "
                       f"to say so, or remove {given} for plain LoRA", where)
+
+
+def _group_by_length(args: LocatedDict, where: str, notes: Notes, path: tuple) -> None:
+    """transformers 5 replaced group_by_length: bool with train_sampling_strategy."""
+    if "group_by_length" not in args:
+        return
+    grouped = args["group_by_length"]
+    if "train_sampling_strategy" in args:
+        raise ConfigError("both group_by_length (its old name) and train_sampling_strategy are given",
+                          path=path + ("group_by_length",), hint="keep only train_sampling_strategy")
+    args.move("group_by_length", "train_sampling_strategy")
+    args["train_sampling_strategy"] = "group_by_length" if grouped is True else "random" if grouped is False else grouped
+    notes.add("group_by_length: true is now train_sampling_strategy: group_by_length", where)
 
 
 def _evaluators(raw: LocatedDict, notes: Notes) -> None:

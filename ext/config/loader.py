@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
 from ..errors import ConfigError
 from . import references, schema
@@ -222,7 +222,8 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
     others = len({locate(tree, tuple(e["loc"]))[0] for e in errors}) - 1
     if others:
         message += f" (and {others} more problem{'s' if others > 1 else ''})"
-    message = re.sub(r" or instance of \w+", "", message.replace("Value error, ", ""))  # no class names
+    message = re.sub(r" or (instance of \w+|object to extract fields from)", "",  # no pydantic jargon
+                     message.replace("Value error, ", ""))
     return ConfigError(message, path=clean, line=pos[0] if pos else None,
                        column=pos[1] if pos else None, hint=hint)
 
@@ -271,8 +272,12 @@ def _step(tp: Any, seg: Any) -> Any:
             m = _unwrap_model(member)
             if m is not None and (m.__name__ == seg or m.model_fields.get("type") and m.model_fields["type"].default == seg):
                 return m
+            tags = [x.tag for x in typing.get_args(member)[1:] if isinstance(x, Tag)] \
+                if typing.get_origin(member) is typing.Annotated else []
+            if seg in tags:  # a member of a union with a callable discriminator (schema._resource_or_plain)
+                return member
         non_none = [a for a in args if a is not type(None)]
-        return non_none[0] if len(non_none) == 1 else None
+        return _step(non_none[0], seg) if len(non_none) == 1 else None  # Optional adds no segment
     return None
 
 

@@ -100,7 +100,9 @@ def _build(loader: _Loader, node: yaml.Node, path: tuple = ()) -> Any:
         loader.flatten_mapping(node)
         out = LocatedDict(pos=_pos(node))
         for key_node, value_node in node.value:
-            key = _construct(loader, key_node, path)
+            # Keys are names: `on:` or `1:` is the key 'on' or '1' (YAML 1.1 would make them True and 1).
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) and \
+                key_node.tag != "tag:yaml.org,2002:merge" else _construct(loader, key_node, path)
             if not isinstance(key, (str, int, float, bool)):
                 raise ConfigError("a key must be a plain name", path=path, line=_pos(key_node)[0],
                                   column=_pos(key_node)[1])

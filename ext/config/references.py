@@ -24,13 +24,13 @@ def check(config: schema.WorkflowConfig) -> None:
     for i, name in enumerate(data_names):
         if name in data_names[:i]:
             raise ConfigError(f"two data configs are called {name!r}", path=("data_configs", i, "name"))
-    _check_chain(config, data_names)
-    _check_evaluation(config, data_names)
-    for key in ("host", "target"):
+    for key in ("host", "target"):  # first: the pass checks read the target's execution provider
         name = getattr(config, key)
         if name is not None and name not in config.systems:
             raise ConfigError(f"{key} names system {name!r}, which is not in systems",
                               path=(key,), hint=_known("systems", config.systems))
+    _check_chain(config, data_names)
+    _check_evaluation(config, data_names)
     if isinstance(config.input_model.model_path, schema.AzureMLRegistryModel) and \
             not isinstance(config.systems.get(config.host or ""), schema.AzureMLSystem):
         raise ConfigError("an AzureML registry model needs an AzureML host", path=("input_model", "model_path"),
@@ -82,22 +82,26 @@ def _check_evaluation(config: schema.WorkflowConfig, data_names: list[str]) -> N
     for ev_name, ev in config.evaluators.items():
         for i, metric in enumerate(ev.metrics):
             path = ("evaluators", ev_name, "metrics", i)
+            if metric.data_config is not None and metric.data_config not in data_names:
+                raise ConfigError(f"data_config names {metric.data_config!r}, which is not in data_configs",
+                                  path=path + ("data_config",), hint=_known("data configs", data_names))
             if metric.type != "accuracy":
                 continue
             if metric.data_config is None:
                 raise ConfigError("an accuracy metric needs data_config", path=path,
                                   hint=_known("data configs", data_names))
-            if metric.data_config not in data_names:
-                raise ConfigError(f"data_config names {metric.data_config!r}, which is not in data_configs",
-                                  path=path + ("data_config",), hint=_known("data configs", data_names))
             pre = config.data_config(metric.data_config).pre_process_data_config
             label = metric.label_column or pre.label_column
             if label is None:
                 raise ConfigError("an accuracy metric needs label_column (the template field holding the answer)",
                                   path=path)
             if pre.text_template is None or label not in template_fields(pre.text_template):
-                raise ConfigError(f"label_column {label!r} is not a field of data config "
-                                  f"{metric.data_config!r}'s text_template", path=path + ("label_column",),
+                fields = template_fields(pre.text_template) if pre.text_template is not None else []
+                raise ConfigError(f"label_column {label!r} is not a field of the text_template of data config "
+                                  f"{metric.data_config!r} (its fields: {', '.join(fields) or 'none'})",
+                                  path=path + ("label_column",) if metric.label_column is not None else
+                                  ("data_configs", data_names.index(metric.data_config), "pre_process_data_config",
+                                   "label_column"),
                                   hint="the prompt is the template up to the label field, e.g. '...{phrase}\\n{tone}'")
             for pass_name, p in training:
                 if p.train_data_config == metric.data_config and not p.eval_dataset_size:

@@ -9,7 +9,7 @@ from pathlib import Path
 import string
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from .training_args import TRAINING_ARGUMENT_NAMES
 
@@ -27,6 +27,17 @@ class AzureMLRegistryModel(Model):
     version: Union[str, int]
 
 
+def _resource_or_plain(value: Any) -> str:
+    """A mapping with a `type` (or a resource object) is an Azure resource; anything else is a plain value.
+
+    Deciding up front keeps errors about the resource's own keys (a misspelt datastore_name) from being lost in,
+    or silently accepted by, the plain member of the union (data_files also takes a mapping of split -> files).
+    """
+    if isinstance(value, BaseModel) or (isinstance(value, dict) and "type" in value):
+        return "Resource"
+    return "Plain"
+
+
 class LoadKwargs(Model):
     trust_remote_code: bool = False
     revision: Optional[str] = None
@@ -36,7 +47,8 @@ class LoadKwargs(Model):
 
 class InputModel(Model):
     type: Literal["HfModel"] = "HfModel"
-    model_path: Union[str, AzureMLRegistryModel]
+    model_path: Annotated[Union[Annotated[str, Tag("Plain")], Annotated[AzureMLRegistryModel, Tag("Resource")]],
+                          Discriminator(_resource_or_plain)]
     task: str = "text-generation"
     gguf_file: Optional[str] = None
     adapter_path: Optional[str] = None
@@ -51,7 +63,8 @@ class AzureMLDatastore(Model):
     azureml_client: Optional["AzureMLClient"] = None
 
 
-DataFiles = Union[str, list[str], dict[str, Union[str, list[str]]], AzureMLDatastore]
+DataFiles = Annotated[Union[Annotated[Union[str, list[str], dict[str, Union[str, list[str]]]], Tag("Plain")],
+                            Annotated[AzureMLDatastore, Tag("Resource")]], Discriminator(_resource_or_plain)]
 
 
 class LoadDatasetConfig(Model):
@@ -136,12 +149,10 @@ class TrainingArgs(Model):
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
     lr_scheduler_type: str = "constant"
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: float = Field(0, ge=0)  # transformers 5: below 1 it is a fraction of the steps (was warmup_ratio)
     weight_decay: float = Field(0.0, ge=0)
     logging_steps: float = Field(10, gt=0)
-    save_steps: float = Field(50, gt=0)
     seed: int = 42
-    group_by_length: bool = False
 
     @model_validator(mode="after")
     def _known_extras(self) -> "TrainingArgs":

@@ -10,6 +10,7 @@ from .files import hub_offline
 from .hashing import data_hash
 from .loading import load_rows, load_table
 from .split import split_indices, split_rows
+from .tokenizer import load_tokenizer
 from .templates import TEXT_COLS_JOINER, Rendered, Template, eval_examples, render
 from .tokenize import IGNORE_INDEX, tokenize
 
@@ -22,4 +23,4 @@ def preview(*args, **kwargs):
 
 __all__ = ["load_rows", "load_table", "split_rows", "split_indices", "render", "Rendered", "Template", "tokenize",
            "build_training_data", "TrainingData", "DataStats", "eval_examples", "data_hash", "DataExplorer",
-           "Collator", "IGNORE_INDEX", "TEXT_COLS_JOINER", "hub_offline", "preview"]
+           "Collator", "load_tokenizer", "IGNORE_INDEX", "TEXT_COLS_JOINER", "hub_offline", "preview"]

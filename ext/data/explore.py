@@ -23,7 +23,8 @@ from .tokenize import IGNORE_INDEX, Encoded, encode, length_summary, pad_id_of
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-CHUNK = 256
+CHUNK = 256  # rows encoded at a time for a page
+BULK = 4096  # rows encoded at a time for whole-dataset numbers
 
 
 @dataclass
@@ -117,7 +118,7 @@ class DataExplorer:
     def _reset(self) -> None:
         self._encoded: dict[int, Encoded] = {}
         self._all_lengths: Optional[list[int]] = None
-        self._all_loss: Optional[list[int]] = None
+        self._all_prompts: Optional[list[int]] = None
         self._stream_ids: list[int] = []
         self._stream_labels: list[int] = []
         self._stream_starts: list[int] = []  # stream position of each packed train row
@@ -179,20 +180,23 @@ class DataExplorer:
             return self._eval_rows
         return len(self.eval_set) if self.eval_dataset_size is not None else None
 
-    def _encode(self, indices: list[int]) -> list[Encoded]:
+    def _encode(self, indices: list[int], chunk: int = CHUNK, keep: bool = True) -> list[Encoded]:
+        """Encoded rows, cached when keep (keep=False encodes what is not cached without caching it)."""
         missing = [i for i in indices if i not in self._encoded]
-        for k in range(0, len(missing), CHUNK):
-            part = missing[k:k + CHUNK]
-            rendered = []
-            for i, row in zip(part, self.rows(part)):
-                try:
-                    rendered.append(render(row, self.pre, self.tokenizer))
-                except DataError as e:
-                    raise DataError(e.message, file=self.data_config.name, row=i, column=e.column,
-                                    hint=e.hint) from None
-            for e in encode(rendered, self.pre, self.tokenizer, part, with_offsets=False):
-                self._encoded[e.row] = e
-        return [self._encoded[i] for i in indices]
+        fresh: dict[int, Encoded] = {}
+        for k in range(0, len(missing), chunk):
+            for e in self._encode_rows(missing[k:k + chunk]):
+                (self._encoded if keep else fresh)[e.row] = e
+        return [self._encoded[i] if i in self._encoded else fresh[i] for i in indices]
+
+    def _encode_rows(self, part: list[int]) -> list[Encoded]:
+        rendered = []
+        for i, row in zip(part, self.rows(part)):
+            try:
+                rendered.append(render(row, self.pre, self.tokenizer))
+            except DataError as e:
+                raise DataError(e.message, file=self.data_config.name, row=i, column=e.column, hint=e.hint) from None
+        return encode(rendered, self.pre, self.tokenizer, part)
 
     # --------------------------------------------------------------------------------------- sample
     def sample(self, index: int) -> SampleView:
@@ -222,11 +226,15 @@ class DataExplorer:
         return max(range(len(lengths)), key=lengths.__getitem__)
 
     def all_lengths(self) -> list[int]:
-        """Tokens per row (before truncation) for every row: encodes the whole dataset once."""
+        """Tokens per row (before truncation) for every row: encodes the whole dataset once (keeping only the
+        lengths and prompt sizes, not the tokens)."""
         if self._all_lengths is None:
-            encoded = self._encode(list(range(self.n_rows)))
-            self._all_lengths = [len(e) for e in encoded]
-            self._all_loss = [sum(1 for x in e.labels if x != IGNORE_INDEX) for e in encoded]
+            lengths, prompts = [], []
+            for k in range(0, self.n_rows, BULK):
+                for e in self._encode(list(range(k, min(k + BULK, self.n_rows))), BULK, keep=False):
+                    lengths.append(len(e))
+                    prompts.append(e.prompt_tokens)
+            self._all_lengths, self._all_prompts = lengths, prompts
             self._stats = None
         return self._all_lengths
 
@@ -304,43 +312,37 @@ class DataExplorer:
         n = self.n_rows
         if self._all_lengths is not None:
             sample = list(range(n))
-            lengths, losses = self._all_lengths, self._all_loss
+            lengths, prompts = self._all_lengths, self._all_prompts
         else:
             sample = list(range(n)) if n <= self.stats_sample else \
                 sorted(random.Random(self.seed).sample(range(n), self.stats_sample))
             encoded = self._encode(sample)
-            lengths = [len(e) for e in encoded]
-            losses = [sum(1 for x in e.labels if x != IGNORE_INDEX) for e in encoded]
+            lengths, prompts = [len(e) for e in encoded], [e.prompt_tokens for e in encoded]
         size = self.pre.max_seq_len
-        truncated = sum(1 for x in lengths if x > size)
-        dropped = 0
-        if self.pre.strategy == "line-by-line" and masking(self.pre) and truncated:
-            for i, length in zip(sample, lengths):
-                if length > size:
-                    dropped += all(x == IGNORE_INDEX for x in self._encoded[i].labels[:size])
-        total = sum(min(x, size) for x in lengths) if self.pre.strategy == "line-by-line" else sum(lengths)
-        loss_total = sum(losses) if self.pre.strategy == "join" else \
-            sum(sum(1 for x in self._encoded[i].labels[:size] if x != IGNORE_INDEX) for i in sample)
+        join = self.pre.strategy == "join"
+        # labels are -100 on the first prompt_tokens tokens, so loss tokens follow from the two numbers
+        kept = lengths if join else [min(x, size) for x in lengths]
+        loss = [max(0, k - p) for k, p in zip(kept, prompts)]
+        truncated = 0 if join else sum(1 for x in lengths if x > size)
+        no_loss = [not join and masking(self.pre) and x > size and lo == 0 for x, lo in zip(lengths, loss)]
+        in_train = [i not in self.eval_set for i in sample]
         n_train = len(self.train_index)
-        exact = len(sample) == n
-        if self.pre.strategy == "join":
-            train_tokens = sum(lengths[k] for k, i in enumerate(sample) if i not in self.eval_set)
-            sampled_train = sum(1 for i in sample if i not in self.eval_set)
+        sampled_train = sum(in_train)
+        if join:
+            train_tokens = sum(x for x, t in zip(lengths, in_train) if t)
             est = train_tokens * (n_train / sampled_train) if sampled_train else 0
             sequences = math.ceil(est / size) if est else 0
         else:
-            sampled_train = sum(1 for i in sample if i not in self.eval_set)
-            kept = sum(1 for k, i in enumerate(sample) if i not in self.eval_set and not (
-                masking(self.pre) and lengths[k] > size
-                and all(x == IGNORE_INDEX for x in self._encoded[i].labels[:size])))
-            sequences = round(kept * n_train / sampled_train) if sampled_train else 0
+            kept_train = sum(1 for t, d in zip(in_train, no_loss) if t and not d)
+            sequences = round(kept_train * n_train / sampled_train) if sampled_train else 0
+        total = sum(kept)
         self._stats = StatsView(
             rows=n, train_rows=n_train, eval_rows=self.eval_rows,
             eval_source=(self.eval_data_config.name if self.eval_data_config is not None
                          else "split" if self.eval_dataset_size is not None else None),
-            strategy=self.pre.strategy, max_seq_len=size, sampled=len(sample), exact=exact,
-            lengths=length_summary(lengths), truncated=truncated, dropped=dropped,
-            loss_fraction=(loss_total / total) if total else None, sequences=sequences,
+            strategy=self.pre.strategy, max_seq_len=size, sampled=len(sample), exact=len(sample) == n,
+            lengths=length_summary(lengths), truncated=truncated, dropped=sum(no_loss),
+            loss_fraction=(sum(loss) / total) if total else None, sequences=sequences,
             histogram=_histogram(lengths), label_column=self.label_column, label_counts=self.label_counts())
         return self._stats
 

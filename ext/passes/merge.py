@@ -14,10 +14,13 @@ def merge_adapter(base_path: Path, adapter_path: Path, out_dir: Path, *, trust_r
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    base_path, out_dir = Path(base_path), Path(out_dir)
+    base_path, adapter_path, out_dir = Path(base_path), Path(adapter_path), Path(out_dir)
+    if not (adapter_path / "adapter_config.json").is_file():
+        # peft would take anything else for a hub name and try to download it
+        raise FileNotFoundError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
     kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **kwargs)
-    merged = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=False).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, adapter_path, is_trainable=False).merge_and_unload()
     merged.save_pretrained(out_dir)
     # the base's tokenizer, not one saved by training (that one may carry a training max_length or padding side)
     AutoTokenizer.from_pretrained(base_path, **kwargs).save_pretrained(out_dir)

@@ -1,6 +1,7 @@
 """Pass type -> the function that runs it. The runner looks passes up here and nowhere else."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 from ..config import schema
@@ -26,10 +27,19 @@ def _merge(source: Artifact, cfg: schema.MergeAdapterWeights, ctx: PassContext) 
 def _model_builder(source: Artifact, cfg: schema.ModelBuilder, ctx: PassContext) -> dict:
     from .model_builder import build_onnx
 
-    build_onnx(source.path, ctx.out_dir, precision=cfg.precision, execution_provider=ctx.config.execution_provider,
-               int4_block_size=cfg.int4_block_size, int4_accuracy_level=cfg.int4_accuracy_level,
-               int4_is_symmetric=cfg.int4_is_symmetric, extra_options=cfg.extra_options,
-               scratch_dir=ctx.scratch_dir)
+    # The builder prints a line per tensor: keep that beside the artifact, and show its tail only on failure.
+    log_path = ctx.out_dir.parent / "builder.log"
+    with open(log_path, "w", encoding="utf-8") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            build_onnx(source.path, ctx.out_dir, precision=cfg.precision,
+                       execution_provider=ctx.config.execution_provider, int4_block_size=cfg.int4_block_size,
+                       int4_accuracy_level=cfg.int4_accuracy_level, int4_is_symmetric=cfg.int4_is_symmetric,
+                       extra_options=cfg.extra_options, scratch_dir=ctx.scratch_dir)
+        except Exception:
+            log.flush()
+            ctx.log("builder output, last lines:\n" + "\n".join(log_path.read_text().splitlines()[-15:]), "error")
+            raise
     return {"execution_provider": ctx.config.execution_provider}
 
 

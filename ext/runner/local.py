@@ -254,7 +254,8 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _scratch_env(scratch: Path) -> Iterator[None]:
     """Keep the libraries' caches (datasets, onnxruntime, the builder) inside the run's cache folder."""
     scratch.mkdir(parents=True, exist_ok=True)
-    values = {"HF_DATASETS_CACHE": str(scratch / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+    values = {"HF_DATASETS_CACHE": str(scratch / "datasets"), "TOKENIZERS_PARALLELISM": "false",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # our own progress replaces the libraries' bars
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update({k: v for k, v in values.items() if saved[k] is None})
     try:
