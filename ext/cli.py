@@ -1,13 +1,21 @@
-"""The command line: `tunecell validate CONFIG`, `tunecell run --config CONFIG [--set k=v ...]`."""
+"""The command line: `tunecell validate CONFIG`, `tunecell run --config CONFIG [--set k=v ...] [--events FILE]`.
+
+`--events FILE` writes every event of the run as one JSON line (Event.to_json), flushed line by line: the event
+stream a remote run (AzureML) leaves for the notebook to replay. `--events -` writes them to stdout, each line
+prefixed with EVENT_PREFIX so they can be told apart from the libraries' own output in a job's log.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import TunecellError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EVENT_PREFIX = "tunecell-event: "
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -19,6 +27,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run = sub.add_parser("run", help="run a config's passes")
     run.add_argument("--config", required=True, help="a YAML or JSON config file (any Olive dialect)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    run.add_argument("--events", action="append", default=[], metavar="FILE",
+                     help="append every event as a JSON line to FILE (- for stdout, prefixed); may be repeated")
+    run.add_argument("--progress", choices=("text", "none"), default="text",
+                     help="text: progress bars on stderr (the default); none: no bars")
     args = parser.parse_args(argv)
     return {"validate": _validate, "run": _run}[args.command](args)
 
@@ -50,17 +62,35 @@ def _run(args: argparse.Namespace) -> int:
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    try:
-        result = run(config)
-    except PassFailed as e:
-        print(repr(e.result), file=sys.stderr)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except TunecellError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    with contextlib.ExitStack() as stack:
+        subscribers = [_event_writer(stack, target) for target in args.events]
+        try:
+            result = run(config, subscribers=subscribers, progress=args.progress)
+        except PassFailed as e:
+            print(repr(e.result), file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        except TunecellError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
     print(repr(result))
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
+
+
+def _event_writer(stack: contextlib.ExitStack, target: str):
+    """A subscriber writing each event as one JSON line, flushed at once (a reader may be tailing the file)."""
+    if target == "-":
+        def to_stdout(event) -> None:
+            print(EVENT_PREFIX + event.to_json(), flush=True)
+        return to_stdout
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = stack.enter_context(open(path, "a", encoding="utf-8"))
+
+    def to_file(event) -> None:
+        handle.write(event.to_json() + "\n")
+        handle.flush()
+    return to_file
 
 
 if __name__ == "__main__":

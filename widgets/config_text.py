@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -56,6 +56,12 @@ def edit_text(text: str, data_config_name: str, changes: Mapping[str, Any]) -> s
     dc = _find_data_config(root, data_config_name)
     edits: list[tuple[int, int, str]] = []
     pre = _value(dc, "pre_process_data_config")
+    legacy = _value(dc, "params_config")  # Olive 0.5: params_config.component_kwargs.pre_process_data
+    if pre is None and isinstance(legacy, yaml.MappingNode):
+        kwargs = _value(legacy, "component_kwargs")
+        pre = _value(kwargs, "pre_process_data") if isinstance(kwargs, yaml.MappingNode) else None
+        if pre is None:
+            raise _EditFailed("params_config without component_kwargs.pre_process_data")
     if pre is None:
         additions = {k: v for k, v in changes.items() if v is not None}
         if additions:
@@ -76,8 +82,11 @@ def edit_text(text: str, data_config_name: str, changes: Mapping[str, Any]) -> s
         if value is None:
             edits.append(_remove(text, pre, key_node, value_node))
         else:
-            edits.append((value_node.start_mark.index, value_node.end_mark.index,
-                          _scalar(value, pre.flow_style, value_node, text, key_node.start_mark.column)))
+            start, end = value_node.start_mark.index, value_node.end_mark.index
+            new = _scalar(value, pre.flow_style, value_node, text, key_node.start_mark.column)
+            if text[start:end].endswith("\n") and not new.endswith("\n"):  # a block scalar ends with its newline
+                new += "\n"
+            edits.append((start, end, new))
     return _apply(text, edits)
 
 
@@ -143,6 +152,16 @@ def _block_ok(value: str) -> bool:
         all(line == line.rstrip() for line in value.split("\n"))
 
 
+def _end(node: yaml.Node) -> int:
+    """Where a node's text ends. A block collection's own end mark lies past any comments that follow it: use the
+    end of its last leaf instead."""
+    if isinstance(node, yaml.MappingNode) and not node.flow_style and node.value:
+        return _end(node.value[-1][1])
+    if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value:
+        return _end(node.value[-1])
+    return node.end_mark.index
+
+
 def _line_end(text: str, index: int) -> int:
     """Index just after the line break that ends the line holding `index` (or where a block value already ended)."""
     if index > 0 and text[index - 1] == "\n":
@@ -165,7 +184,7 @@ def _insert(text: str, mapping: yaml.MappingNode, key: str, value: Any) -> tuple
     if not mapping.value:
         raise _EditFailed("empty block mapping")
     column = mapping.value[0][0].start_mark.column
-    at = _line_end(text, mapping.value[-1][1].end_mark.index)
+    at = _line_end(text, _end(mapping.value[-1][1]))
     prefix = "" if at == 0 or text[at - 1] == "\n" else "\n"
     return at, at, f"{prefix}{' ' * column}{key}: {_scalar(value, False, None, text, column)}\n"
 
@@ -178,7 +197,7 @@ def _insert_section(text: str, dc: yaml.MappingNode, section: str, values: Mappi
         last_end = dc.value[-1][1].end_mark.index if dc.value else close
         return last_end, last_end, f"{', ' if dc.value else ''}{json.dumps(section)}: {{{inner}}}"
     column = dc.value[0][0].start_mark.column
-    at = _line_end(text, dc.value[-1][1].end_mark.index)
+    at = _line_end(text, _end(dc.value[-1][1]))
     prefix = "" if at == 0 or text[at - 1] == "\n" else "\n"
     lines = [f"{' ' * column}{section}:"] + [f"{' ' * (column + 2)}{k}: {_scalar(v, False, None, text, column + 2)}"
                                                for k, v in values.items()]
@@ -187,7 +206,7 @@ def _insert_section(text: str, dc: yaml.MappingNode, section: str, values: Mappi
 
 def _remove(text: str, mapping: yaml.MappingNode, key_node: yaml.Node, value_node: yaml.Node) \
         -> tuple[int, int, str]:
-    start, end = key_node.start_mark.index, value_node.end_mark.index
+    start, end = key_node.start_mark.index, _end(value_node)
     if mapping.flow_style:
         before = text[:start].rstrip()
         if before.endswith(","):

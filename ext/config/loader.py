@@ -48,7 +48,11 @@ def _tree(source: Source, namespace: Optional[Mapping[str, Any]]) -> tuple[Locat
     if isinstance(source, schema.WorkflowConfig):
         from .export import minimal_dict
 
-        source = minimal_dict(source)
+        # keep the folder relative data paths start from, and the notes of the dialect it was first written in
+        kept_dir, kept_notes = (Path(source.base_dir) if source.base_dir else None), list(source.notes)
+        raw = minimal_dict(source)
+        tree, notes = _locating(lambda: normalise(raw), raw)
+        return tree, kept_notes + notes, kept_dir
     text, base_dir = _read(source)
     if text is not None:
         text = fill_template(text, namespace or {})

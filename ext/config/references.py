@@ -58,8 +58,6 @@ def _check_chain(config: schema.WorkflowConfig, data_names: list[str]) -> None:
                 raise ConfigError(f"precision {p.precision} runs only on a CUDA target: the CPU execution provider "
                                   "has no fast half-precision kernels", path=("passes", name, "precision"),
                                   hint="use int4 or fp32 on CPU, or target a system with CUDAExecutionProvider")
-            if p.precision == "bf16" and config.execution_provider != "cuda":
-                raise ConfigError("bf16 needs the CUDA execution provider", path=("passes", name, "precision"))
 
 
 def _chain_message(pass_type: str, kind: str) -> str:

@@ -18,7 +18,7 @@ from ..errors import DataError
 from .loading import check_table, label_column_of, load_table
 from .split import split_indices
 from .templates import check_prompt_template, masking, render
-from .tokenize import IGNORE_INDEX, Encoded, encode, length_summary, pad_id_of
+from .tokenize import IGNORE_INDEX, Encoded, encode, length_summary, pad_id_of, row_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -195,7 +195,7 @@ class DataExplorer:
             try:
                 rendered.append(render(row, self.pre, self.tokenizer))
             except DataError as e:
-                raise DataError(e.message, file=self.data_config.name, row=i, column=e.column, hint=e.hint) from None
+                raise row_error(e, i, f"data config {self.data_config.name!r}") from None
         return encode(rendered, self.pre, self.tokenizer, part)
 
     # --------------------------------------------------------------------------------------- sample

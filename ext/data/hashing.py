@@ -37,7 +37,9 @@ def data_hash(data_config: DataConfig, base_dir: Optional[Union[str, Path]] = No
     base_dir); changes when a file's content changes. include_preprocess adds pre_process_data_config."""
     load = data_config.load_dataset_config
     h = hashlib.sha256()
-    h.update(json.dumps({"load_dataset_config": load.model_dump(mode="json")}, sort_keys=True).encode())
+    # data_files enter as the files they resolve to (names relative to base_dir, and bytes), not as written
+    h.update(json.dumps({"load_dataset_config": load.model_dump(mode="json", exclude={"data_files"})},
+                        sort_keys=True).encode())
     if include_preprocess:
         h.update(json.dumps({"pre_process_data_config": data_config.pre_process_data_config.model_dump(mode="json")},
                             sort_keys=True).encode())

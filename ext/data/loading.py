@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from ..config.schema import DataConfig, PreProcessDataConfig
 from ..errors import DataError
 from . import files as _files
-from .templates import needed_columns
+from .templates import needed_columns, render, text_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -190,6 +190,8 @@ def check_table(table: "pa.Table", pre: PreProcessDataConfig, where: str, *, fmt
             index = pc.index(nulls, True).as_py()
             raise DataError(f"missing value (null){_line_note(fmt, text, index)}", file=where, row=index + 1,
                             column=column, hint="fill or remove that row")
+    if pre.response_template is not None and text_source(pre) != "chat":
+        _check_response_template(table, pre, where, fmt, text)
     label_column = label_column_of(pre)
     if pre.labels and label_column and label_column in columns:
         import pyarrow as pa
@@ -202,6 +204,17 @@ def check_table(table: "pa.Table", pre: PreProcessDataConfig, where: str, *, fmt
             raise DataError(f"label {value!r} is not one of the labels {list(pre.labels)}"
                             f"{_line_note(fmt, text, index)}", file=where, row=index + 1, column=label_column,
                             hint="fix the row, or add the label to pre_process_data_config.labels")
+
+
+def _check_response_template(table: "pa.Table", pre: PreProcessDataConfig, where: str, fmt: Optional[str],
+                             text: Optional[str]) -> None:
+    """Every row's text must hold the response_template (the loss starts after it)."""
+    for index, row in enumerate(table.to_pylist()):
+        try:
+            render(row, pre)
+        except DataError as e:
+            raise DataError(f"{e.message}{_line_note(fmt, text, index)}", file=where, row=index + 1,
+                            column=e.column, hint=e.hint) from None
 
 
 def label_column_of(pre: PreProcessDataConfig) -> Optional[str]:

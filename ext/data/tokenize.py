@@ -93,7 +93,15 @@ def render_rows(rows: Any, pre: PreProcessDataConfig, tokenizer: Any = None, sta
         try:
             out.append(render(row, pre, tokenizer))
         except DataError as e:
-            raise DataError(e.message, file=e.file, row=i, column=e.column, hint=e.hint) from None
+            raise row_error(e, i) from None
+    return out
+
+
+def row_error(error: DataError, index: int, where: Optional[str] = None) -> DataError:
+    """A rendering error of the loaded rows' row `index` (0-based, after shuffle and max_samples)."""
+    out = DataError(f"row index {index} of the loaded rows (0-based, after shuffle and max_samples): "
+                    f"{error.message}", file=where or error.file, column=error.column, hint=error.hint)
+    out.row = index
     return out
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import DataError
 from .files import hub_offline
@@ -19,15 +19,20 @@ def load_tokenizer(spec: Any = None, config: Any = None) -> Any:
         if config is None or getattr(config, "input_model", None) is None:
             raise DataError("the preview needs a tokenizer: pass tokenizer=<tokenizer, model folder or name>, "
                             "or a config with input_model")
-        try:
-            from tunecell.models import resolve_model
-        except ImportError as e:
-            raise DataError(f"cannot resolve input_model's tokenizer ({e})",
-                            hint="pass tokenizer=<tokenizer object or model folder>") from None
-        resolved = resolve_model(config.input_model, config.cache_dir)
-        path = getattr(resolved, "path", resolved)
-        if getattr(resolved, "gguf_file", None) and not (Path(path) / "tokenizer_config.json").exists():
-            kwargs["gguf_file"] = resolved.gguf_file
+        model = config.input_model
+        local = Path(os.path.expanduser(model.model_path)) if isinstance(model.model_path, str) else None
+        if local is not None and local.is_dir() and not model.gguf_file:
+            path = local  # a local HF folder: read its tokenizer files, never hash or load the weights
+        elif local is not None and (local.is_file() and local.suffix.lower() == ".gguf" or
+                                    local.is_dir() and model.gguf_file):
+            path, kwargs["gguf_file"] = (local.parent, local.name) if local.is_file() else (local, model.gguf_file)
+        else:
+            try:
+                from tunecell.models import resolve_model
+            except ImportError as e:
+                raise DataError(f"cannot resolve input_model's tokenizer ({e})",
+                                hint="pass tokenizer=<tokenizer object or model folder>") from None
+            path = resolve_model(model, Path(config.cache_dir)).path
         load_kwargs = getattr(config.input_model, "load_kwargs", None)
         if load_kwargs is not None and load_kwargs.trust_remote_code:
             kwargs["trust_remote_code"] = True

@@ -136,8 +136,10 @@ def _training_arguments(cfg: schema.LoRA, ctx: PassContext, has_eval: bool) -> d
     args.setdefault("save_strategy", "no")  # checkpoints are written when a run is interrupted, not on a timer
     if not has_eval:
         args["eval_strategy"] = "no"
-    if args["gradient_checkpointing"]:
-        args.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    # transformers 5 calls it activation checkpointing; Olive configs say gradient_checkpointing
+    args["activation_checkpointing"] = args.pop("gradient_checkpointing")
+    if args["activation_checkpointing"]:
+        args["activation_checkpointing_kwargs"] = args.pop("gradient_checkpointing_kwargs", {"use_reentrant": False})
     args.update(output_dir=str(ctx.work_dir / "checkpoints"), report_to="none", disable_tqdm=True,
                 use_cpu=not torch.cuda.is_available(), remove_unused_columns=False)
     return args

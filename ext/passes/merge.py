@@ -8,7 +8,7 @@ def merge_adapter(base_path: Path, adapter_path: Path, out_dir: Path, *, trust_r
     """Merge the adapter at adapter_path into the fp32 base and save model, tokenizer and generation config.
 
     The base is always loaded in full precision, also for a QLoRA adapter: merging into 4-bit weights would
-    round the merged weights back to 4 bits and lose most of what the adapter learned.
+    round the merged weights back to 4 bits and wash out the small updates the adapter learned.
     """
     import torch
     from peft import PeftModel

@@ -16,6 +16,7 @@ from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, Run
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..plan import Plan, plan as make_plan
 from . import manifest
+from .dispatch import remote_system, run_remote
 from .cache import PACKAGES_BY_PASS, Cache, digest, package_versions
 from .evaluation import goal_failures, measure
 from .history import record_run
@@ -25,7 +26,7 @@ from .result import PassRecord, RunResult
 def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides: Iterable[str] = (),
         only: Optional[set[str]] = None, subscribers: Iterable[Subscriber] = (), progress: str = "text",
         stop: Optional[threading.Event] = None, start_from: Optional[RunResult] = None) -> RunResult:
-    """Run a workflow on this machine.
+    """Run a workflow on this machine (or, when its host is an AzureML system, as a job there: runner/dispatch.py).
 
     ``config``: text, a path, a dict or a WorkflowConfig. ``only``: the names of the passes to run.
     ``progress``: "text" (tqdm bars), or "none". ``stop``: set it to stop at the next safe point.
@@ -35,6 +36,10 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
     """
     if not isinstance(config, schema.WorkflowConfig) or overrides:
         config = load_config(config, namespace, overrides)
+    system = remote_system(config)
+    if system is not None:  # an AzureML host: one job there, followed from here
+        return run_remote(config, system, subscribers=subscribers, progress=progress, stop=stop, only=only,
+                          start_from=start_from)
     bus = EventBus(tuple(subscribers))
     if progress == "text":
         from .progress import TextProgress

@@ -1,0 +1,319 @@
+"""The four dialect fixtures load to one WorkflowConfig; notes, `tunecell validate`, sources, {{ }} filling."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunecell.cli import main
+from tunecell.config import WorkflowConfig, fill_template, load_config
+from tunecell.errors import ConfigError
+
+CONFIGS = Path(__file__).parent / "configs"
+DIALECTS = ["cookbook.json", "params_config.json", "olive013.json", "tunecell.yaml"]
+
+EXAMPLE = """\
+input_model: {type: HfModel, model_path: HuggingFaceTB/SmolLM2-135M-Instruct}
+data_configs:
+  - name: tones
+    type: HuggingfaceContainer
+    load_dataset_config: {data_name: json, data_files: example_notebooks/data/tones.jsonl, split: train}
+    pre_process_data_config:
+      text_template: "### Text: {phrase}\\n### The tone is:\\n{tone}"
+      strategy: line-by-line
+      max_seq_len: 64
+passes:
+  lora:
+    type: LoRA
+    r: 16
+    alpha: 32
+    lora_dropout: 0.1
+    target_modules: [q_proj, k_proj, v_proj, o_proj]
+    train_data_config: tones
+    eval_dataset_size: 0.2
+    training_args: {max_steps: 100, learning_rate: 3.0e-4, per_device_train_batch_size: 8, seed: 0}
+  merge: {type: MergeAdapterWeights}
+  mb: {type: ModelBuilder, precision: int4}
+evaluators:
+  tone_eval:
+    metrics:
+      - {name: accuracy, type: accuracy, data_config: tones, label_column: tone, max_new_tokens: 4}
+      - {name: latency, type: latency}
+evaluator: tone_eval
+cache_dir: .tunecell/cache
+output_dir: models/tones
+"""
+
+
+def _text(name: str) -> str:
+    return (CONFIGS / name).read_text(encoding="utf-8")
+
+
+def _plan_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if not line.startswith("note:")]
+
+
+# --------------------------------------------------------------------------------------- one model for all
+def test_all_dialects_load_to_the_same_config():
+    dumps = {name: load_config(CONFIGS / name).model_dump() for name in DIALECTS}
+    reference = dumps["tunecell.yaml"]
+    for name, dump in dumps.items():
+        assert dump == reference, name
+
+
+def test_the_normalised_config_is_what_the_cookbook_meant():
+    config = load_config(CONFIGS / "cookbook.json")
+    assert config.input_model.model_path == "microsoft/Phi-3-mini-4k-instruct"
+    assert config.input_model.load_kwargs.trust_remote_code is True
+    lora = config.passes["lora"]
+    assert lora.type == "QLoRA" and lora.double_quant is True  # double_quant on a LoRA pass means QLoRA
+    assert (lora.r, lora.alpha, lora.eval_dataset_size) == (64, 64, 0.3)
+    assert lora.training_args.model_extra["eval_strategy"] == "steps"
+    pre = config.data_configs[0].pre_process_data_config
+    assert (pre.strategy, pre.max_seq_len, pre.text_cols) == ("join", 2048, None)
+    assert list(config.passes) == ["lora", "merge_adapter_weights", "builder"]
+    assert config.execution_provider == "cuda" and config.target == config.host == "aml"
+    assert config.systems["aml"].accelerators[0].execution_providers == ["CUDAExecutionProvider"]
+    assert config.data_configs[0].load_dataset_config.data_files.relative_path == "dataset/dataset-classification.json"
+
+
+def test_dialect_fixtures_load_from_text_and_from_dicts_alike():
+    for name in DIALECTS:
+        text = _text(name)
+        tree = yaml.safe_load(text)
+        before = copy.deepcopy(tree)
+        assert load_config(text).model_dump() == load_config(tree).model_dump(), name
+        assert tree == before, f"{name}: load_config changed the dict it was given"
+
+
+# ----------------------------------------------------------------------------------------------- notes
+COOKBOOK_NOTES = [
+    "engine keys are now written at top level",
+    "type PyTorchModel with hf_config is now type HfModel",
+    "model_name is now model_path",
+    "from_pretrained_args is now load_kwargs",
+    "corpus_strategy is now strategy",
+    "source_max_len is now max_seq_len",
+    "dataset_type is an Olive option that tunecell does not use",
+    "text_cols is not used when text_template is given",
+    "lora_r is now r",
+    "lora_alpha is now alpha",
+    "evaluation_strategy is now eval_strategy",
+    "double_quant is a QLoRA option, so this pass runs as QLoRA",
+    'accelerators: ["gpu"] is now accelerators: [{device: gpu}]',
+    "execution_providers is now systems.aml.accelerators[].execution_providers",
+]
+PARAMS_NOTES = [
+    "model_loading_args is now load_kwargs",
+    "data_configs is now a list of configs, each with a name",
+    "params_config and component_kwargs are now load_dataset_config and pre_process_data_config",
+    "source_max_len is now max_seq_len",
+    "lora_r is now r",
+]
+
+
+@pytest.mark.parametrize("name, expected", [("cookbook.json", COOKBOOK_NOTES), ("params_config.json", PARAMS_NOTES)])
+def test_each_legacy_mapping_is_noted_once(name, expected):
+    notes = load_config(CONFIGS / name).notes
+    assert len(notes) == len(set(notes))
+    for fragment in expected:
+        assert sum(fragment in note for note in notes) == 1, (fragment, notes)
+
+
+def test_the_qlora_note_says_what_to_do():
+    note = next(n for n in load_config(CONFIGS / "cookbook.json").notes if "double_quant" in n)
+    assert note.startswith("passes.lora: ")
+    assert "write type: QLoRA" in note and "remove double_quant for plain LoRA" in note
+    # params_config.json already says QLoRA: nothing to note
+    assert not any("double_quant" in n for n in load_config(CONFIGS / "params_config.json").notes)
+
+
+def test_notes_name_where_the_mapping_applied():
+    notes = load_config(CONFIGS / "cookbook.json").notes
+    assert "passes.lora: lora_r is now r" in notes
+    assert "data_configs.dataset_default_train.pre_process_data_config: source_max_len is now max_seq_len" in notes
+
+
+def test_a_mapping_used_twice_is_noted_once():
+    text = EXAMPLE.replace("    r: 16\n", "    lora_r: 16\n").replace(
+        "  merge: {type: MergeAdapterWeights}\n",
+        "  merge: {type: MergeAdapterWeights}\n"
+        "  lora2: {type: LoRA, lora_r: 4, train_data_config: tones, eval_dataset_size: 0.2}\n"
+        "  merge2: {type: MergeAdapterWeights}\n")
+    config = load_config(text)
+    assert config.passes["lora"].r == 16 and config.passes["lora2"].r == 4
+    assert [n for n in config.notes if "lora_r is now r" in n] == ["passes.lora: lora_r is now r"]
+
+
+@pytest.mark.parametrize("name", ["olive013.json", "tunecell.yaml"])
+def test_current_dialects_need_no_dialect_notes(name):
+    notes = load_config(CONFIGS / name).notes
+    for fragment in COOKBOOK_NOTES + PARAMS_NOTES:
+        assert not any(fragment in note for note in notes), (fragment, notes)
+
+
+# ------------------------------------------------------------------------------------- tunecell validate
+def test_validate_prints_the_same_plan_for_every_dialect(capsys):
+    plans = {}
+    for name in DIALECTS:
+        assert main(["validate", str(CONFIGS / name)]) == 0
+        out, err = capsys.readouterr()
+        assert err == ""
+        plans[name] = out
+    reference = _plan_lines(plans["tunecell.yaml"])
+    for name, out in plans.items():
+        assert _plan_lines(out) == reference, name
+    assert reference[0] == "input model: microsoft/Phi-3-mini-4k-instruct"
+    assert "1. lora [QLoRA] <- input_model: hf -> adapter" in reference
+    assert "2. merge_adapter_weights [MergeAdapterWeights] <- lora: adapter -> hf" in reference
+    assert "3. builder [ModelBuilder] <- merge_adapter_weights: hf -> onnx" in reference
+    assert "     r: 64" in reference and "     precision: int4" in reference
+    assert "note: passes.lora: lora_r is now r" in plans["cookbook.json"].splitlines()
+    assert "note: passes.lora: lora_r is now r" not in plans["tunecell.yaml"]
+
+
+def test_validate_in_a_real_process_prints_the_same_plan(capsys):
+    assert main(["validate", str(CONFIGS / "tunecell.yaml")]) == 0
+    in_process = capsys.readouterr().out
+    for name in ("cookbook.json", "tunecell.yaml"):
+        done = subprocess.run([sys.executable, "-m", "tunecell.cli", "validate", str(CONFIGS / name)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert _plan_lines(done.stdout) == _plan_lines(in_process), name
+
+
+def test_validate_an_invalid_config_exits_2_with_the_error_on_stderr(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    text = _text("olive013.json")
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if '"lora_dropout"' in ln)
+    bad.write_text(text.replace('"lora_dropout"', '"lora_dropuot"'), encoding="utf-8")
+    assert main(["validate", str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"error: passes.lora.lora_dropuot (line {line}, column " in err and "unknown key 'lora_dropuot'" in err
+    assert "hint: did you mean 'lora_dropout'?" in err
+    done = subprocess.run([sys.executable, "-m", "tunecell.cli", "validate", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and "unknown key 'lora_dropuot'" in done.stderr
+
+
+def test_validate_a_missing_file_exits_2(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_validate_with_set(tmp_path, capsys):
+    path = tmp_path / "tones.yaml"
+    path.write_text(EXAMPLE, encoding="utf-8")
+    assert main(["validate", str(path), "--set", "passes.lora.r=8", "--set",
+                 "data_configs.tones.pre_process_data_config.max_seq_len=128"]) == 0
+    out = capsys.readouterr().out
+    assert "     r: 8" in out.splitlines() and "     r: 16" not in out.splitlines()
+    config = load_config(path, overrides=["passes.lora.r=8", "passes.mb.precision=fp32"])
+    assert config.passes["lora"].r == 8 and config.passes["mb"].precision == "fp32"
+    assert main(["validate", str(path), "--set", "passes.lora.r=0"]) == 2
+    assert "passes.lora.r (line 13, column 5)" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------- sources
+def test_dict_and_workflowconfig_sources_round_trip():
+    config = load_config(EXAMPLE)
+    assert isinstance(config, WorkflowConfig)
+    from_dict = load_config(yaml.safe_load(EXAMPLE))
+    assert from_dict.model_dump() == config.model_dump()
+    again = load_config(config)
+    assert again.model_dump() == config.model_dump()
+    assert load_config(config.model_dump(mode="json")).model_dump() == config.model_dump()
+    assert load_config(json.loads(json.dumps(config.model_dump(mode="json")))).model_dump() == config.model_dump()
+    for name in DIALECTS:  # Azure resources (data_files, systems) survive the round trip too
+        loaded = load_config(CONFIGS / name)
+        again = load_config(loaded)
+        assert again.model_dump() == loaded.model_dump(), name
+        assert again.base_dir == loaded.base_dir == str(CONFIGS.resolve())  # relative data paths still resolve
+        assert again.notes == loaded.notes
+
+
+def test_set_applies_to_dict_sources_too():
+    config = load_config(yaml.safe_load(EXAMPLE), overrides=["passes.lora.r=8"])
+    assert config.passes["lora"].r == 8
+
+
+def test_yaml_and_json_files_load(tmp_path):
+    yaml_path, json_path = tmp_path / "a.yaml", tmp_path / "b.json"
+    yaml_path.write_text(EXAMPLE, encoding="utf-8")
+    json_path.write_text(json.dumps(yaml.safe_load(EXAMPLE), indent="\t"), encoding="utf-8")  # tabs are JSON space
+    from_yaml, from_json = load_config(str(yaml_path)), load_config(json_path)
+    assert from_yaml.model_dump() == from_json.model_dump() == load_config(EXAMPLE).model_dump()
+    assert from_yaml.base_dir == str(tmp_path.resolve())
+    assert load_config(EXAMPLE).base_dir is None
+
+
+def test_a_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.json")
+
+
+def test_a_source_of_another_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="not int"):
+        load_config(5)
+
+
+# ------------------------------------------------------------------------------------------ {{ }} filling
+def test_template_fills_int_float_and_string():
+    text = EXAMPLE.replace("r: 16", "r: {{ rank }}").replace("learning_rate: 3.0e-4", "learning_rate: {{ lr }}") \
+        .replace("model_path: HuggingFaceTB/SmolLM2-135M-Instruct", "model_path: {{ model }}") \
+        .replace("lora_dropout: 0.1", "lora_dropout: {{dropout}}")
+    config = load_config(text, {"rank": 8, "lr": 1e-5, "model": "my-org/tiny-model", "dropout": 0.25})
+    lora = config.passes["lora"]
+    assert lora.r == 8 and isinstance(lora.r, int)
+    assert lora.training_args.learning_rate == 1e-5
+    assert lora.lora_dropout == 0.25
+    assert config.input_model.model_path == "my-org/tiny-model"
+    # single-brace template fields live next to {{ }} and are left alone
+    assert config.data_configs[0].pre_process_data_config.text_template == "### Text: {phrase}\n### The tone is:\n{tone}"
+
+
+def test_template_strict_undefined_names_the_variable_its_line_and_a_close_name():
+    text = EXAMPLE.replace("r: 16", "r: {{ rank }}")
+    with pytest.raises(ConfigError) as info:
+        load_config(text, {"ranks": 8, "lr": 1e-4})
+    error = info.value
+    assert "{{ rank }} is not defined" in error.message
+    assert error.line == 13
+    assert error.hint == "did you mean 'ranks'?"
+    with pytest.raises(ConfigError, match="rank") as info:
+        load_config(text)  # no namespace at all
+    assert info.value.line == 13 and "define rank" in info.value.hint
+
+
+def test_template_errors_are_config_errors_with_a_line():
+    with pytest.raises(ConfigError, match="template syntax error") as info:
+        load_config(EXAMPLE.replace("r: 16", "r: {{ rank }"), {"rank": 1})
+    assert info.value.line == 13
+    with pytest.raises(ConfigError, match="ZeroDivisionError") as info:
+        load_config(EXAMPLE.replace("r: 16", "r: {{ 1 // zero }}"), {"zero": 0})
+    assert info.value.line == 13
+    with pytest.raises(ConfigError, match="has no attribute 'r'") as info:
+        load_config(EXAMPLE.replace("r: 16", "r: {{ cfg.r }}"), {"cfg": {}})
+    assert info.value.line == 13
+
+
+def test_single_brace_text_template_is_untouched():
+    config = load_config(EXAMPLE)
+    assert config.data_configs[0].pre_process_data_config.text_template == "### Text: {phrase}\n### The tone is:\n{tone}"
+    assert fill_template("a: {phrase}\n", {"phrase": "x"}) == "a: {phrase}\n"
+
+
+def test_text_without_double_braces_never_touches_jinja(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # any `import jinja2` would now fail
+    assert load_config(EXAMPLE, {"unused": 1}).passes["lora"].r == 16
+    assert fill_template(EXAMPLE, {}) is EXAMPLE
+    with pytest.raises(ImportError):
+        fill_template("r: {{ rank }}", {"rank": 1})
