@@ -12,21 +12,20 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-_LEADING_NOISE = " \t\r\n\"'`*_:-([{"
-
-
 def first_label(generated: str, labels: list[str]) -> Optional[str]:
-    """The label the generated text starts with (case-insensitive, whole words), or None.
+    """The label word that comes first in the generated text (case-insensitive, whole words), or None.
 
-    Leading whitespace, quotes and markdown emphasis are skipped, so ' **Sad**.' gives 'Sad'; a longer label wins
-    over its own prefix ('very sad' over 'very').
+    ' **Sad**.' gives 'Sad', 'It sounds like fear' gives 'Fear'; at the same position a longer label wins over
+    its own prefix ('very sad' over 'very').
     """
-    text = generated.lstrip(_LEADING_NOISE).lower()
-    for label in sorted(labels, key=len, reverse=True):
-        wanted = label.lower()
-        if text.startswith(wanted) and (len(text) == len(wanted) or not text[len(wanted)].isalnum()):
-            return label
-    return None
+    import re
+
+    best: Optional[tuple[int, int, str]] = None
+    for label in labels:
+        match = re.search(r"(?<![\w])" + re.escape(label) + r"(?![\w])", generated, re.IGNORECASE)
+        if match and (best is None or (match.start(), -len(label)) < best[:2]):
+            best = (match.start(), -len(label), label)
+    return best[2] if best else None
 
 
 class LoadedModel:

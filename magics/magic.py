@@ -8,18 +8,23 @@ from pathlib import Path
 from typing import Any, Optional
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Enum, Unicode
 
 from .background import BackgroundRun
 
-SUBCOMMANDS = ("status", "runs", "cancel", "logs", "export", "cache", "version")
+SUBCOMMANDS = ("status", "runs", "cancel", "logs", "follow", "export", "cache", "version")
 
 
-def _workflow_arguments(func):
+def _workflow_arguments(name: str):
+    # magic_arguments writes the usage line as "%" + name: "%finetune" names the cell magic %%finetune
+    return lambda func: _add_workflow_arguments(func, name)
+
+
+def _add_workflow_arguments(func, name: str):
     for decorator in reversed([
-        magic_arguments(),
+        magic_arguments(name=f"%{name}"),
         argument("-f", "--file", help="load the config from this file; the cell body, if any, overrides its keys"),
         argument("-o", "--out", metavar="NAME", help="store the RunResult in this notebook variable"),
         argument("--from", dest="from_", metavar="NAME",
@@ -35,6 +40,15 @@ def _workflow_arguments(func):
     ]):
         func = decorator(func)
     return func
+
+
+def _export(config: Any, path: str) -> Path:
+    from tunecell.config.export import export_config
+
+    try:
+        return export_config(config, path)
+    except ValueError as e:  # a suffix other than .json / .yaml
+        raise UsageError(f"--export {path}: {e}") from None
 
 
 @magics_class
@@ -55,21 +69,23 @@ class TuneCell(Magics):
 
     # ------------------------------------------------------------------------------------- cell magics
     @no_var_expand
-    @_workflow_arguments
-    @cell_magic
-    def finetune(self, line: str, cell: str) -> Any:
-        """Run a workflow config (any Olive dialect, YAML or JSON): fine-tuning, merge, and what else it holds."""
-        return self._workflow(self.finetune, line, cell)
+    @_workflow_arguments("finetune")
+    @line_cell_magic
+    def finetune(self, line: str, cell: Optional[str] = None) -> Any:
+        """Run a workflow config (any Olive dialect, YAML or JSON): fine-tuning, merge, and what else it holds.
+        The line form (%finetune -f FILE) runs a config file as it is."""
+        return self._workflow(self.finetune, line, cell or "")
 
     @no_var_expand
-    @_workflow_arguments
-    @cell_magic
-    def optimize(self, line: str, cell: str) -> Any:
-        """Convert and evaluate: the body's passes (ModelBuilder ...) on its input_model, or on --from NAME."""
-        return self._workflow(self.optimize, line, cell)
+    @_workflow_arguments("optimize")
+    @line_cell_magic
+    def optimize(self, line: str, cell: Optional[str] = None) -> Any:
+        """Convert and evaluate: the body's passes (ModelBuilder ...) on its input_model, or on --from NAME.
+        The line form (%optimize --from NAME) runs the passes of NAME's config that it did not run."""
+        return self._workflow(self.optimize, line, cell or "")
 
     @no_var_expand
-    @magic_arguments()
+    @magic_arguments(name="%generate")
     @argument("--model", help="a RunResult variable, a run's output folder, or an ONNX/HF model folder")
     @argument("--max-new-tokens", type=int, default=64)
     @cell_magic
@@ -85,7 +101,10 @@ class TuneCell(Magics):
 
     @line_magic
     def tunecell(self, line: str) -> Any:
-        """%tunecell status | runs | cancel [RUN] | logs [RUN] | export [RUN] FILE | cache [clear] | version"""
+        """%tunecell status | runs | cancel [RUN] | logs [RUN] | follow RUN | export [RUN] FILE | cache [clear] | version
+
+        RUN may also be an AzureML job recorded in the cache (by an earlier kernel too): cancel cancels the job,
+        logs shows its log so far, follow shows its progress again and fetches its outputs when it ends."""
         words = shlex.split(line)
         if not words or words[0] not in SUBCOMMANDS:
             raise UsageError(f"usage: %tunecell {' | '.join(SUBCOMMANDS)}")
@@ -93,15 +112,13 @@ class TuneCell(Magics):
 
     # ---------------------------------------------------------------------------------------- the work
     def _workflow(self, magic: Any, line: str, cell: str) -> Any:
-        from tunecell.errors import ConfigError, DataError, PassFailed
+        from tunecell.errors import PassFailed, TunecellError
 
         args = parse_argstring(magic, line)
         try:
             config, start_from = self._config(args, cell)
             if args.export:
-                from tunecell.config.export import export_config
-
-                print(f"wrote {export_config(config, args.export)}")
+                print(f"wrote {_export(config, args.export)}")
                 return None
             if args.dry_run:
                 from tunecell.plan import plan
@@ -111,16 +128,20 @@ class TuneCell(Magics):
             if args.preview:
                 from tunecell.widgets import preview
 
-                return preview(config)
+                # Given the cell text, "Write config" keeps its comments and layout; the new cell goes below.
+                source = cell if cell.strip() and not (args.file or args.from_) else config
+                name = magic.__name__
+                return preview(source, namespace=self.shell.user_ns, base_dir=config.base_dir,
+                               on_write=lambda text: self.shell.set_next_input(f"%%{name} {line}\n{text}"))
             return self._run(config, args, start_from)
-        except (ConfigError, DataError) as e:
-            raise UsageError(str(e)) from None
         except PassFailed as e:
             if e.result is not None:
                 self._remember(e.result, args.out)
             if not self.short_errors:
                 raise
             raise UsageError(f"{e}\n(for the full traceback: %config TuneCell.short_errors = False)") from None
+        except TunecellError as e:  # a config, data or model error (ModelNotFound ...): what to fix, no traceback
+            raise UsageError(str(e)) from None
 
     def _config(self, args: Any, cell: str) -> tuple[Any, Any]:
         from tunecell.config import load_config
@@ -129,17 +150,22 @@ class TuneCell(Magics):
         base: Any = args.file
         if start_from is not None and base is None and start_from.config is not None:
             base = start_from.config
-        overrides = list(args.set)
-        target = args.target or (self.default_target if self.default_target != "local" else None)
-        if target == "local":
-            overrides += ["host=null", "target=null"]
-        elif target:
-            overrides += [f"host={target}", f"target={target}"]
         body = cell if cell.strip() else None
         if body is None and base is None:
             raise UsageError("the cell has no config: write one in the body, or give -f FILE or --from NAME")
-        config = load_config(body if body is not None else base, self.shell.user_ns, overrides,
-                             base=base if body is not None else None)
+
+        def load(target: Optional[str]) -> Any:
+            overrides = list(args.set)
+            if target == "local":
+                overrides += ["host=null", "target=null"]
+            elif target:
+                overrides += [f"host={target}", f"target={target}"]
+            return load_config(body if body is not None else base, self.shell.user_ns, overrides,
+                               base=base if body is not None else None)
+
+        config = load(args.target)
+        if not args.target and self.default_target != "local" and config.host is None and config.target is None:
+            config = load(self.default_target)  # the default only where the config names no target
         if self.cache_dir and "cache_dir" not in config.model_fields_set:
             config.cache_dir = self.cache_dir
         return config, start_from
@@ -160,6 +186,10 @@ class TuneCell(Magics):
             subscribers.append(view)
         text = mode == "text" and not args.background  # a thread's prints would land in whichever cell runs
         kwargs = dict(subscribers=subscribers, progress="text" if text else "none", stop=stop, start_from=start_from)
+        from tunecell.runner.dispatch import remote_system
+
+        if remote_system(config) is not None:  # submit here and now (login, job link), then follow like a run
+            run = self._submit(config, kwargs)
         if args.background:
             handle = BackgroundRun(run, config, kwargs, stop, on_done=lambda r: self._remember(r, None))
             self.runs[handle.id] = handle
@@ -174,6 +204,19 @@ class TuneCell(Magics):
             raise UsageError("interrupted" + (f"; checkpoint saved in {result.checkpoint}" if result.checkpoint else "")
                              + ". Run the cell again to resume.")
         return None
+
+    def _submit(self, config: Any, kwargs: dict[str, Any]) -> Any:
+        """Create the AzureML job now; returns a run()-like function that follows it (Cancel cancels the job)."""
+        from IPython.display import display
+
+        from tunecell.azureml import submit
+
+        if kwargs.get("start_from") is not None:
+            raise UsageError("--from is not supported on an AzureML target yet")
+        handle = submit(config, subscribers=kwargs["subscribers"], progress=kwargs["progress"])
+        self.runs[handle.run_id] = handle
+        display(handle)
+        return lambda _config, stop=None, **_: handle.follow(stop=stop)
 
     def _progress_mode(self) -> str:
         if self.progress != "auto":
@@ -237,32 +280,72 @@ class TuneCell(Magics):
     def _cmd_runs(self) -> None:
         from tunecell.runner.history import recorded_runs
 
-        found = recorded_runs(self._cache_root())
+        found: dict[str, dict[str, Any]] = {}
+        for record in recorded_runs(self._cache_root()):  # an AzureML run has a line at submission and at its end
+            found[record["run_id"]] = {**found.get(record["run_id"], {}), **record}
         if not found:
             print(f"no runs recorded under {self._cache_root()}")
-        for record in found:
-            print(f"{record['run_id']}: {record['status']}  {record.get('manifest', '')}")
+        for record in found.values():
+            where = f"AzureML job {record.get('studio_url') or ''}" if record.get("backend") == "azureml" else ""
+            print(f"{record['run_id']}: {record['status']}  {record.get('manifest') or where}".rstrip())
 
     def _cmd_cancel(self, run_id: Optional[str] = None) -> None:
-        value = self._run_named(run_id)
-        if not isinstance(value, BackgroundRun):
-            raise UsageError(f"run {value.run_id} has finished; nothing to cancel")
+        value = self._run_or_job(run_id)
+        if hasattr(value, "job_name"):  # an AzureML job
+            value.cancel()
+            print(f"cancelling AzureML job {value.job_name}")
+            return
+        if not isinstance(value, BackgroundRun) or value.done:
+            raise UsageError(f"run {value.run_id} has finished ({value.status}); nothing to cancel")
         value.cancel()
         print(f"cancelling {value.id}: it stops at the next step")
 
     def _cmd_logs(self, run_id: Optional[str] = None) -> None:
-        value = self._run_named(run_id)
-        print("\n".join(value.logs) or "(no log lines)")
+        value = self._run_or_job(run_id)
+        lines = value.fetch_logs() if hasattr(value, "fetch_logs") else value.logs
+        print("\n".join(lines) or "(no log lines)")
+
+    def _cmd_follow(self, run_id: Optional[str] = None) -> None:
+        from IPython.display import display
+
+        value = self._run_or_job(run_id)
+        if not hasattr(value, "follow"):
+            raise UsageError(f"run {value.run_id} is not an AzureML job")
+        subscribers, mode = [], self._progress_mode()
+        if mode == "widgets":
+            from tunecell.widgets.progress import RunProgress
+
+            view = RunProgress(on_cancel=value.cancel)
+            display(view.widget)
+            subscribers.append(view)
+        result = value.follow(subscribers, progress="text" if mode == "text" else None)
+        self._remember(result, None)
+        display(result)
+
+    def _run_or_job(self, run_id: Optional[str]) -> Any:
+        """A run of this session, or a handle on the AzureML job recorded as ``run_id`` (after a kernel restart, or
+        a job left running when following it was interrupted)."""
+        value = self.runs.get(run_id) if run_id is not None else (list(self.runs.values())[-1] if self.runs else None)
+        if value is not None and getattr(value, "status", None) != "running":
+            return value
+        name = run_id or getattr(value, "run_id", None)
+        from tunecell.runner.history import recorded_runs
+
+        if name is not None and any(r.get("run_id") == name and r.get("backend") == "azureml"
+                                    for r in recorded_runs(self._cache_root())):
+            from tunecell.azureml import reconnect
+
+            self.runs[name] = handle = reconnect(name, self._cache_root())
+            return handle
+        return value if value is not None else self._run_named(run_id)
 
     def _cmd_export(self, *words: str) -> None:
-        from tunecell.config.export import export_config
-
         if not words:
             raise UsageError("usage: %tunecell export [RUN] FILE")
         value = self._run_named(words[0] if len(words) > 1 else None)
         if isinstance(value, BackgroundRun):
             value = value.wait()
-        print(f"wrote {export_config(value.config, words[-1])}")
+        print(f"wrote {_export(value.config, words[-1])}")
 
     def _cmd_cache(self, action: Optional[str] = None) -> None:
         import shutil

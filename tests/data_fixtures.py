@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import pytest
 
@@ -116,7 +116,3 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def tone_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "tones.jsonl", TONE_ROWS)
-
-
-def first(items: list, predicate) -> Optional[Any]:
-    return next((x for x in items if predicate(x)), None)

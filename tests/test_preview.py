@@ -243,3 +243,19 @@ def test_preview_loads_only_the_input_models_tokenizer(tiny_model, tone_file, mo
     answer = "".join(t.text for t in view.tokens if t.loss)
     assert masked.endswith("### The tone is:\n") and answer.startswith("Sad")
     assert view.tokens[-1].special and view.tokens[-1].loss  # the eos the model learns to stop with
+
+
+def test_preview_splits_like_the_lora_pass(tmp_path, word_tokenizer):
+    from tunecell.data import split_indices
+    from tunecell.passes.lora import split_seed
+
+    rows = [{"phrase": f"phrase {i}", "tone": "Joy"} for i in range(30)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    text = CONFIG.format(model="unused", data=path).replace("eval_dataset_size: 0.5",
+                                                           "eval_dataset_size: 0.2\n    training_args: {data_seed: 5}")
+    w = preview(text, word_tokenizer)
+    seed = split_seed(load_config(text).passes["lora"])
+    assert seed == 5 and sorted(w.explorer.eval_set) == split_indices(30, 0.2, seed)[1]
+    first_eval = min(w.explorer.eval_set)
+    w.index = first_eval
+    assert ">eval</span>" in w.sample_box.value

@@ -56,6 +56,8 @@ def resolve_target(config_or_text: Any, data_config: Optional[str] = None,
         if isinstance(config_or_text, os.PathLike) or (isinstance(config_or_text, str) and "\n" not in config_or_text
                                                        and Path(config_or_text).suffix in (".yaml", ".yml", ".json")):
             source = Path(config_or_text).read_text(encoding="utf-8")
+        elif not isinstance(config_or_text, str):  # a dict: write back from the validated config
+            source = config
     if not config.data_configs:
         raise TunecellError("the config has no data_configs to preview")
     lora = next((p for p in config.passes.values() if isinstance(p, LoRA)), None)
@@ -69,7 +71,8 @@ def resolve_target(config_or_text: Any, data_config: Optional[str] = None,
         target.eval_dataset_size = lora.eval_dataset_size
         if lora.eval_data_config and lora.eval_data_config != name:
             target.eval_data_config = config.data_config(lora.eval_data_config)
-        target.seed = lora.training_args.seed
+        # the split seed, as the LoRA pass and the evaluator take it (tunecell.passes.lora.split_seed)
+        target.seed = int((lora.training_args.model_extra or {}).get("data_seed", lora.training_args.seed))
     for evaluator in config.evaluators.values():
         for metric in evaluator.metrics:
             if metric.label_column and metric.data_config in (None, name, lora.eval_data_config if lora else None):

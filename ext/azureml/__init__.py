@@ -16,8 +16,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "submit": "submit", "AzureMLRun": "submit", "reconnect": "submit", "cancel": "submit",
-    "find_record": "submit", "build_job": "job", "JobSpec": "job", "ml_client": "client",
+    "submit": "submission", "AzureMLRun": "submission", "reconnect": "submission", "cancel": "submission",
+    "find_record": "submission", "build_job": "job", "JobSpec": "job", "ml_client": "client",
     "get_credential": "client",
 }
 __all__ = sorted(_LAZY)

@@ -14,6 +14,7 @@ class Collator:
 
     def __init__(self, pad_id: int, pad_to_multiple_of: Optional[int] = None):
         self.pad_id, self.multiple = pad_id, pad_to_multiple_of
+        self.tokens = 0  # real (non-pad) tokens collated so far: the training throughput counts these
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any, pad_to_multiple_of: Optional[int] = None) -> "Collator":
@@ -27,6 +28,7 @@ class Collator:
         if self.multiple:
             width = -(-width // self.multiple) * self.multiple
         pad = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        self.tokens += sum(sum(f["attention_mask"]) if "attention_mask" in f else len(f["input_ids"]) for f in features)
         batch = {}
         for name in MODEL_COLUMNS:
             if name not in features[0]:

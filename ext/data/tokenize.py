@@ -159,10 +159,13 @@ def batch_encode(tokenizer: Any, texts: list[str], add_special_tokens: bool, off
 def _prompt_tokens(r: Rendered, ids: list[int], offsets, pre: PreProcessDataConfig, tokenizer: Any) -> int:
     plen = len(r.prompt)
     if offsets is not None:
-        # a token belongs to the prompt while it ends inside the prompt; added tokens at the start ((0, 0)) too
+        # a token belongs to the prompt while it ends inside the prompt; tokens added before the text (bos, with
+        # offsets (0, 0)) too, but not those added after it (eos)
+        seen_text = False
         for i, (start, end) in enumerate(offsets):
-            if end > plen or (i > 0 and start == end == 0):  # an answer token, or the eos added after the text
+            if end > plen or (seen_text and start == end == 0):
                 return i
+            seen_text = seen_text or end > 0
         return len(offsets)
     prompt_ids = tokenizer(r.prompt, add_special_tokens=pre.add_special_tokens, truncation=False)["input_ids"]
     return min(len(prompt_ids), len(ids))

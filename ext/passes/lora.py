@@ -21,7 +21,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     from peft import LoraConfig, get_peft_model
     from transformers.trainer_callback import PrinterCallback
 
-    from ..data import build_training_data
+    from ..data import Collator, build_training_data
 
     seed = cfg.training_args.seed
     transformers.set_seed(seed)
@@ -44,7 +44,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
             f"{trainable:,} trainable parameters")
 
     args = transformers.TrainingArguments(**_training_arguments(cfg, ctx, has_eval=data.eval is not None))
-    collator = PaddingCollator(tokenizer.pad_token_id)
+    collator = Collator.for_tokenizer(tokenizer)
     progress = ProgressCallback(ctx, collator)
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=data.train,
@@ -145,34 +145,10 @@ def _training_arguments(cfg: schema.LoRA, ctx: PassContext, has_eval: bool) -> d
     return args
 
 
-class PaddingCollator:
-    """Pads each batch to its own longest sample (no padding to max_seq_len) and counts the real tokens."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-        self.tokens = 0
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        batch: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            ids = list(f["input_ids"])
-            mask = list(f.get("attention_mask") or [1] * len(ids))
-            labels = list(f.get("labels") or ids)
-            pad = width - len(ids)
-            batch["input_ids"].append(ids + [self.pad_token_id] * pad)
-            batch["attention_mask"].append(mask + [0] * pad)
-            batch["labels"].append(labels + [-100] * pad)
-            self.tokens += sum(mask)
-        return {key: torch.tensor(value) for key, value in batch.items()}
-
-
 class ProgressCallback:
     """A TrainerCallback that reports each step as an event and stops, with a checkpoint, when asked to."""
 
-    def __init__(self, ctx: PassContext, collator: PaddingCollator):
+    def __init__(self, ctx: PassContext, collator: Any):
         self.ctx, self.collator = ctx, collator
         self.loss: Optional[float] = None
         self.lr: Optional[float] = None

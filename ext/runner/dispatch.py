@@ -33,11 +33,20 @@ def remote_system(config: schema.WorkflowConfig) -> Optional[str]:
 
 def run_remote(config: schema.WorkflowConfig, system: str, *, subscribers: Iterable[Subscriber], progress: str,
                stop: Optional[threading.Event], only: Optional[set[str]], start_from: Optional[RunResult]) -> RunResult:
-    """Submit the workflow as an AzureML job and follow it to the end (see tunecell.azureml)."""
+    """Submit the workflow as an AzureML job and follow it to the end (see tunecell.azureml); a pass that failed
+    there raises PassFailed like a local one."""
     if only is not None or start_from is not None:
         raise TunecellError(f"--from and a subset of passes are not supported on the AzureML system {system!r} yet: "
                             "run the whole workflow there, or run it locally")
     from ..azureml import submit
 
-    handle = submit(config, subscribers=subscribers, progress=progress)
-    return handle.follow(stop=stop)
+    handle = submit(config, system=system, subscribers=subscribers, progress=progress)
+    result = handle.follow(stop=stop)
+    failed = next((p for p in result.passes if p.status == "failed"), None)
+    if failed is not None:  # as a local run does: PassFailed, carrying the result
+        from ..azureml.submission import RemotePassFailed
+
+        error = RemotePassFailed(failed.name, failed.type, result.error or f"pass {failed.name!r} failed on AzureML")
+        error.result = result
+        raise error
+    return result

@@ -78,6 +78,7 @@ class LocalRun:
                 self.data_hashes = self._data_hashes()
                 self.bus.emit(RunStarted(self.run_id, [[s.name, s.type] for s in self.plan.steps],
                                          self.config_hash, self.model_source))
+                self.bus.log(f"input model: {self.model_source}")  # after RunStarted: every event is in a run
                 self._evaluate("input", artifact, only_if=self.config.evaluate_input_model and not self.start_from)
                 final, adapter = artifact, None
                 for index, step in enumerate(self.plan.steps):
@@ -115,7 +116,6 @@ class LocalRun:
 
         resolved = resolve_model(self.config.input_model, self.config.resolve(self.config.cache_dir))
         self.model_source = resolved.source
-        self.bus.log(f"input model: {resolved.source}")
         return Artifact("hf", resolved.path, resolved.identity)
 
     def _data_hashes(self) -> dict[str, str]:

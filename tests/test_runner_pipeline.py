@@ -1,0 +1,295 @@
+"""The local runner end to end on the tiny random Phi-3: LoRA -> merge -> ModelBuilder, its events, manifest, cache,
+goals and `start_from`. One full run (``main``) is shared; the other runs reuse its cache folder, so they retrain
+only what their change invalidates. The tiny model is random: these tests check plumbing, never quality."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import tunecell
+from tunecell.events import MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, TrainStep
+
+TONES = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+MAX_STEPS = 6
+METRIC_NAMES = {"accuracy", "latency", "size"}
+PROMPTS = ["### Text: I lost my dog today\n### The tone is:\n", "### Text: we won the big prize\n### The tone is:\n",
+           "Return the sum of"]
+
+
+def tiny_config(model: Path, cache_dir: Path, output_dir: Path, data_files: Path = TONES) -> dict:
+    return {
+        "input_model": {"model_path": str(model)},
+        "data_configs": [{
+            "name": "tones",
+            "load_dataset_config": {"data_name": "json", "data_files": str(data_files)},
+            "pre_process_data_config": {"text_template": TEMPLATE, "strategy": "line-by-line", "max_seq_len": 64,
+                                        "train_on_prompt": False},
+        }],
+        "passes": {
+            "lora": {"type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["qkv_proj", "o_proj"],
+                     "train_data_config": "tones", "eval_dataset_size": 0.2,
+                     "training_args": {"max_steps": MAX_STEPS, "learning_rate": 1.0e-3,
+                                       "per_device_train_batch_size": 8, "seed": 0,
+                                       "logging_steps": 1}},
+            "merge": {"type": "MergeAdapterWeights"},
+            "mb": {"type": "ModelBuilder", "precision": "int4"},
+        },
+        "evaluators": {"ev": {"metrics": [
+            {"name": "accuracy", "type": "accuracy", "data_config": "tones", "label_column": "tone",
+             "max_new_tokens": 3, "max_samples": 10},
+            {"name": "latency", "type": "latency", "max_new_tokens": 4},
+            {"name": "size", "type": "size_on_disk"},
+        ]}},
+        "evaluator": "ev",
+        "cache_dir": str(cache_dir),
+        "output_dir": str(output_dir),
+    }
+
+
+def run(config: dict, **kwargs) -> tuple[tunecell.RunResult, list]:
+    events: list = []
+    result = tunecell.run(config, subscribers=[events.append], progress="none", **kwargs)
+    return result, events
+
+
+def finished(events: list) -> dict[str, PassFinished]:
+    return {e.name: e for e in events if isinstance(e, PassFinished)}
+
+
+@pytest.fixture(scope="module")
+def main(tiny_model, tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("runner-main")
+    config = tiny_config(tiny_model, root / "cache", root / "out")
+    result, events = run(config)
+    return SimpleNamespace(root=root, config=config, result=result, events=events)
+
+
+def variant(main: SimpleNamespace, output: str, evaluate: bool = False) -> dict:
+    """The main config with its own output folder (the cache is shared); without evaluation unless asked."""
+    config = copy.deepcopy(main.config)
+    config["output_dir"] = str(main.root / output)
+    if not evaluate:
+        config["evaluator"] = None
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def test_lora_merge_int4_succeeds_and_publishes_its_artifacts(main):
+    result = main.result
+    assert result.status == "succeeded", result
+    assert [(p.name, p.type, p.status, p.cache_hit) for p in result.passes] == [
+        ("lora", "LoRA", "done", False), ("merge", "MergeAdapterWeights", "done", False),
+        ("mb", "ModelBuilder", "done", False)]
+    lora = result.passes[0]
+    assert lora.stats["steps"] == MAX_STEPS and lora.stats["trainable_params"] > 0
+    for name in ("lora", "merge", "mb", "model", "adapter"):
+        assert Path(result.artifacts[name]).is_dir(), name
+    out = main.root / "out"
+    assert Path(result.artifacts["model"]) == out / "model"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert {"genai_config.json", "model.onnx", "tokenizer.json"} <= {p.name for p in (out / "model").iterdir()}
+    assert (Path(result.artifacts["merge"]) / "artifact" / "config.json").is_file()
+    assert result.final["kind"] == "onnx"
+    text = repr(result)
+    assert "succeeded" in text and "mb" in text and str(result.manifest_path) in text
+
+
+def test_published_model_loads_and_generates(main):
+    model = tunecell.load_model(main.root / "out" / "model")
+    assert model.kind == "onnx"
+    text, tokens, seconds = model.generate_with_stats(PROMPTS[0], max_new_tokens=5)
+    assert isinstance(text, str) and 1 <= tokens <= 5 and seconds > 0
+    assert model.classify("I lost my dog today", ["Sad", "Joy"], "### Text: {text}\n### The tone is:\n") in (
+        None, "Sad", "Joy")
+
+
+def test_metrics_cover_input_and_each_produced_model(main):
+    metrics = main.result.metrics
+    # the adapter is measured once, as the merged model
+    assert set(metrics) == {"input", "merge", "mb"}
+    for model, values in metrics.items():
+        assert set(values) == METRIC_NAMES, model
+        assert 0.0 <= values["accuracy"] <= 1.0 and values["latency"] > 0 and values["size"] > 0
+    assert metrics["mb"]["size"] < metrics["merge"]["size"] / 2  # int4 weights are much smaller than fp32
+
+
+def test_manifest_records_what_ran(main, tiny_model):
+    manifest = main.result.manifest
+    assert main.result.manifest_path == main.root / "out" / "manifest.json"
+    assert manifest["status"] == "succeeded"
+    assert manifest["run_id"] == main.result.run_id
+    assert len(manifest["config_hash"]) == 64 and manifest["config_hash"] == main.result.config_hash
+    assert set(manifest["data_hashes"]) == {"tones"} and len(manifest["data_hashes"]["tones"]) == 64
+    packages = manifest["packages"]
+    for name in ("torch", "transformers", "peft", "onnxruntime-genai"):
+        assert packages[name] and packages[name][0].isdigit(), name
+    assert manifest["seed"] == 0
+    assert str(tiny_model) in manifest["model_source"]
+    assert [p["name"] for p in manifest["passes"]] == ["lora", "merge", "mb"]
+    for entry in manifest["passes"]:
+        assert {"name", "type", "status", "duration_s", "cache_hit", "artifact"} <= set(entry)
+        assert entry["status"] == "done" and entry["cache_hit"] is False and entry["duration_s"] >= 0
+        assert Path(entry["artifact"]).is_dir()
+    assert set(manifest["metrics"]) == {"input", "merge", "mb"}
+    assert all(set(values) == METRIC_NAMES for values in manifest["metrics"].values())
+    assert manifest["metrics"] == main.result.metrics
+
+
+def test_events_come_in_order(main):
+    events = main.events
+    assert isinstance(events[0], RunStarted)
+    assert events[0].steps == [["lora", "LoRA"], ["merge", "MergeAdapterWeights"], ["mb", "ModelBuilder"]]
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].status == "succeeded" and events[-1].manifest_path == str(main.result.manifest_path)
+    assert sum(isinstance(e, (RunStarted, RunFinished)) for e in events) == 2
+
+    position = {}
+    for i, e in enumerate(events):
+        if isinstance(e, (PassStarted, PassFinished)):
+            position[(type(e).__name__, e.name)] = i
+    order = [position[(kind, name)] for name in ("lora", "merge", "mb") for kind in ("PassStarted", "PassFinished")]
+    assert order == sorted(order), "each pass starts after the one before it finished"
+    assert [(e.index, e.total) for e in events if isinstance(e, PassStarted)] == [(0, 3), (1, 3), (2, 3)]
+
+    steps = [(i, e) for i, e in enumerate(events) if isinstance(e, TrainStep)]
+    assert [e.step for _, e in steps] == list(range(1, MAX_STEPS + 1))
+    assert all(e.total == MAX_STEPS and e.name == "lora" for _, e in steps)
+    assert all(position[("PassStarted", "lora")] < i < position[("PassFinished", "lora")] for i, _ in steps)
+    # the loss Trainer logs (every logging_steps) rides on the next step's event
+    assert all(e.loss is not None and e.loss > 0 for _, e in steps[1:])
+
+    measured = [(i, e.model) for i, e in enumerate(events) if isinstance(e, MetricResult)]
+    assert sorted({m for _, m in measured}) == ["input", "mb", "merge"]
+    for i, model in measured:
+        if model == "input":
+            assert i < position[("PassStarted", "lora")]
+        elif model == "merge":
+            assert position[("PassFinished", "merge")] < i < position[("PassStarted", "mb")]
+        else:
+            assert position[("PassFinished", "mb")] < i
+    values = {(e.model, e.name): e.value for e in events if isinstance(e, MetricResult)}
+    assert values == {(m, n): v for m, vs in main.result.metrics.items() for n, v in vs.items()}
+
+
+# -------------------------------------------------------------------------------------------- the cache
+CACHED_RUN = """
+import json, sys
+import tunecell
+from tunecell.events import PassFinished
+
+passes = []
+result = tunecell.run(json.loads(sys.argv[1]), progress="none",
+                      subscribers=[lambda e: passes.append([e.name, e.status, e.cache_hit])
+                                   if isinstance(e, PassFinished) else None])
+heavy = [m for m in ("torch", "transformers", "peft", "datasets", "onnxruntime_genai") if m in sys.modules]
+print("RESULT " + json.dumps({"status": result.status, "passes": passes, "metrics": result.metrics, "heavy": heavy}))
+"""
+
+
+def test_rerun_is_all_cache_hits_and_loads_no_model(main):
+    config = variant(main, "out-cached", evaluate=True)
+    proc = subprocess.run([sys.executable, "-c", CACHED_RUN, json.dumps(config)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    report = json.loads(line[len("RESULT "):])
+    assert report["status"] == "succeeded"
+    assert report["passes"] == [["lora", "cached", True], ["merge", "cached", True], ["mb", "cached", True]]
+    assert report["heavy"] == [], "a fully cached run imported " + ", ".join(report["heavy"])
+    assert report["metrics"] == main.result.metrics  # remembered, not measured again
+    assert (main.root / "out-cached" / "model" / "genai_config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def fp32(main):
+    config = variant(main, "out-fp32")
+    config["passes"]["mb"]["precision"] = "fp32"
+    return run(config)
+
+
+def test_changing_builder_precision_reruns_only_the_builder(fp32):
+    result, events = fp32
+    assert result.status == "succeeded"
+    assert {name: e.cache_hit for name, e in finished(events).items()} == {"lora": True, "merge": True, "mb": False}
+    assert not any(isinstance(e, TrainStep) for e in events)
+
+
+def test_fp32_onnx_generates_what_the_merged_model_generates(main, fp32):
+    result, _ = fp32
+    onnx, merged = result.model("model"), main.result.model("merge")
+    assert (onnx.kind, merged.kind) == ("onnx", "hf")
+    for prompt in PROMPTS:
+        assert onnx.generate(prompt, max_new_tokens=12) == merged.generate(prompt, max_new_tokens=12), prompt
+
+
+def test_changing_a_lora_setting_reruns_every_pass(main):
+    config = variant(main, "out-lr")
+    config["passes"]["lora"]["training_args"]["learning_rate"] = 2.0e-3
+    result, events = run(config)
+    assert result.status == "succeeded"
+    assert {n: (e.status, e.cache_hit) for n, e in finished(events).items()} == {
+        "lora": ("done", False), "merge": ("done", False), "mb": ("done", False)}
+    assert [e.step for e in events if isinstance(e, TrainStep)] == list(range(1, MAX_STEPS + 1))
+    for name in ("lora", "merge", "mb"):
+        assert result.artifacts[name] != main.result.artifacts[name]
+
+
+# ----------------------------------------------------------------------------------------------- goals
+def _with_goals(main: SimpleNamespace, output: str, accuracy_goal: bool) -> dict:
+    config = variant(main, output, evaluate=True)
+    config["evaluate_input_model"] = False
+    metrics = [{"name": "latency", "type": "latency", "max_new_tokens": 2,
+                "goal": {"type": "threshold", "value": 1.0e6}}]  # ms: met by any model
+    if accuracy_goal:
+        metrics.insert(0, {"name": "accuracy", "type": "accuracy", "data_config": "tones", "label_column": "tone",
+                           "max_new_tokens": 2, "max_samples": 8, "goal": {"type": "threshold", "value": 0.95}})
+    config["evaluators"] = {"ev": {"metrics": metrics}}
+    return config
+
+
+def test_missed_goal_fails_the_run_and_names_the_goal(main):
+    result, events = run(_with_goals(main, "out-goal-missed", accuracy_goal=True))
+    assert result.metrics["mb"]["accuracy"] < 0.95  # a random model: the goal cannot be met
+    assert result.status == "failed"
+    assert len(result.failed_goals) == 1 and "accuracy" in result.failed_goals[0]
+    assert all(p.status == "cached" for p in result.passes)
+    assert events[-1].status == "failed"
+    assert result.manifest["status"] == "failed" and result.manifest["failed_goals"] == result.failed_goals
+    assert "input" not in result.metrics
+
+
+def test_met_goal_succeeds(main):
+    result, _ = run(_with_goals(main, "out-goal-met", accuracy_goal=False))
+    assert result.status == "succeeded" and result.failed_goals == []
+    assert result.metrics["mb"]["latency"] < 1.0e6
+
+
+# ---------------------------------------------------------------------------------------- start_from
+def test_start_from_runs_only_the_remaining_passes(main):
+    config = variant(main, "out-from", evaluate=True)
+    config["passes"]["mb"]["int4_block_size"] = 64  # a builder setting main did not build
+    first, _ = run(config, only={"lora", "merge"})
+    assert first.status == "succeeded"
+    assert [p.name for p in first.passes] == ["lora", "merge"] and all(p.cache_hit for p in first.passes)
+    assert set(first.metrics) == {"input", "merge"}
+    assert first.final["kind"] == "hf"
+
+    second, events = run(config, start_from=first)
+    assert second.status == "succeeded"
+    assert [e.name for e in events if isinstance(e, PassStarted)] == ["mb"]
+    assert finished(events)["mb"].cache_hit is False
+    assert [p.name for p in second.passes] == ["lora", "merge", "mb"]
+    assert second.metrics["input"] == first.metrics["input"] and second.metrics["merge"] == first.metrics["merge"]
+    assert set(second.metrics["mb"]) == METRIC_NAMES
+    assert not any(isinstance(e, MetricResult) and e.model != "mb" for e in events)  # earlier ones carried over
+    record = json.loads((Path(second.artifacts["mb"]) / "run.json").read_text())
+    assert record["input"]["path"] == first.final["path"]  # built from the first run's merged model
+    assert (Path(second.artifacts["model"]) / "genai_config.json").is_file()
+    assert set(second.manifest["metrics"]) == {"input", "merge", "mb"}
