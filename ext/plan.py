@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .config import schema
-from .config.references import PASS_IO
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,17 @@ class Plan:
 def plan(config: schema.WorkflowConfig, only: Optional[set[str]] = None) -> Plan:
     """The ordered steps of ``config``; ``only`` keeps the passes of those names (`%%optimize --from` runs the
     passes an earlier run did not)."""
+    from .passes.registry import pass_specs
+
     steps, previous = [], "input_model"
     for name, p in config.passes.items():
-        takes, gives = PASS_IO[p.type]
+        spec = pass_specs()[p.type]
+        takes, gives = spec.takes, spec.gives
         settings = p.model_dump(exclude={"type"}, mode="json")
         if isinstance(p, schema.ModelBuilder):
             settings["execution_provider"] = config.execution_provider
         if only is None or name in only:
-            steps.append(Step(name, p.type, settings, previous, next(iter(takes)), gives))
+            steps.append(Step(name, p.type, settings, previous, "|".join(sorted(takes)), gives))
         previous = name
     evaluator = config.evaluators[config.evaluator] if config.evaluator else None
     return Plan(config, steps, evaluator, list(config.notes))

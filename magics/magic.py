@@ -94,7 +94,7 @@ class TuneCell(Magics):
         args = parse_argstring(self.generate, line)
         model = self._model(args.model)
         for prompt in (p for p in cell.splitlines() if p.strip()):
-            prompt = prompt.encode().decode("unicode_escape") if "\\n" in prompt else prompt
+            prompt = prompt.replace("\\n", "\n")  # a written \n is a newline (unicode_escape would garble non-ASCII)
             text, tokens, seconds = model.generate_with_stats(prompt, args.max_new_tokens)
             rate = f"{tokens / seconds:.1f} tokens/s" if seconds > 0 else ""
             print(f">>> {prompt}\n{text.strip()}\n    ({tokens} tokens, {rate})")
@@ -359,6 +359,12 @@ class TuneCell(Magics):
             raise UsageError("usage: %tunecell cache [clear]")
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
         print(f"{root}: {size / 1e6:.1f} MB")
+
+    def _cmd_passes(self) -> None:
+        from tunecell.passes.registry import describe_passes, refresh
+
+        refresh()  # a package installed since the last look
+        print(describe_passes())
 
     def _cmd_version(self) -> None:
         from tunecell import __version__

@@ -22,6 +22,13 @@ def minimal_dict(config: schema.WorkflowConfig) -> dict[str, Any]:
         files = dc.load_dataset_config.data_files
         if isinstance(files, schema.AzureMLDatastore):
             data["data_configs"][i]["load_dataset_config"]["data_files"]["type"] = files.type
+    for name, options in config.search_space.items():  # candidate lists go back where they were written
+        for key, values in options.items():
+            node = data["passes"][name]
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = values
     if isinstance(config.input_model.model_path, schema.AzureMLRegistryModel):
         data["input_model"]["model_path"]["type"] = config.input_model.model_path.type
     return data

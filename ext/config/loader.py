@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 from pydantic import BaseModel, Tag, ValidationError
 
 from ..errors import ConfigError
-from . import references, schema
+from . import references, schema, search_space
 from .dialects import RENAMED_KEYS, normalise
 from .located import LocatedDict, LocatedList, locate, parse_text
 from .training_args import TRAINING_ARGUMENT_NAMES
@@ -34,14 +34,34 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
         tree, notes, base_dir = _overlay(base_tree, tree), base_notes + notes, base_dir or base_base_dir
     for item in overrides:
         _locating(lambda: apply_override(tree, item), tree)
+    models = _pass_models()
+    space = search_space.extract(tree, models)
+    _locating(lambda: search_space.validate(space, tree, models), tree)
     try:
-        config = schema.WorkflowConfig.model_validate(tree)
+        config = _workflow_model().model_validate(tree)
     except ValidationError as e:
         raise _config_error(e, tree) from None
+    config._search_space = space
     _locating(lambda: references.check(config), tree)
     config._notes = notes
     config._base_dir = str(base_dir) if base_dir else None
     return config
+
+
+def _workflow_model() -> type[schema.WorkflowConfig]:
+    from ..passes.registry import workflow_model
+
+    return workflow_model()
+
+
+def _pass_types() -> tuple[str, ...]:
+    return tuple(_pass_models())
+
+
+def _pass_models() -> dict[str, type]:
+    from ..passes.registry import pass_specs
+
+    return {name: spec.config_model for name, spec in pass_specs().items()}
 
 
 def _tree(source: Source, namespace: Optional[Mapping[str, Any]]) -> tuple[LocatedDict, list[str], Optional[Path]]:
@@ -205,14 +225,14 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
         hint = _did_you_mean(str(key), allowed)
     elif kind == "union_tag_invalid" and clean[:1] in (("passes",), ("systems",)):
         given = first["input"].get("type") if isinstance(first["input"], dict) else first["input"]
-        what, known = ("pass", schema.PASS_TYPES) if clean[0] == "passes" else ("system", schema.SYSTEM_TYPES)
+        what, known = ("pass", _pass_types()) if clean[0] == "passes" else ("system", schema.SYSTEM_TYPES)
         message = f"{what} type {given!r} is not supported yet (supported: {', '.join(known)})"
         close = difflib.get_close_matches(str(given), known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else None
         clean, pos = locate(tree, loc[:2] + ("type",))
     elif kind == "union_tag_not_found":
         message = "this entry has no 'type'"
-        known = schema.SYSTEM_TYPES if clean[:1] == ("systems",) else schema.PASS_TYPES
+        known = schema.SYSTEM_TYPES if clean[:1] == ("systems",) else _pass_types()
         hint = f"add type: one of {', '.join(known)}"
     elif kind == "missing":
         message = f"{clean[-1]!r} is required here"
@@ -249,7 +269,7 @@ def _did_you_mean(key: str, allowed: Iterable[str]) -> Optional[str]:
 
 def _allowed_keys(loc: tuple) -> set[str]:
     """The field names of the model that sits at ``loc[:-1]`` (walking the schema's annotations)."""
-    tp: Any = schema.WorkflowConfig
+    tp: Any = _workflow_model()
     for seg in loc[:-1]:
         tp = _step(tp, seg)
         if tp is None:

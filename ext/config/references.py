@@ -6,15 +6,6 @@ import string
 from ..errors import ConfigError
 from . import schema
 
-# The artifact each pass takes and gives: an HF model folder, an adapter over one, or an ONNX folder.
-PASS_IO = {
-    "LoRA": ({"hf"}, "adapter"),
-    "QLoRA": ({"hf"}, "adapter"),
-    "MergeAdapterWeights": ({"adapter"}, "hf"),
-    "ModelBuilder": ({"hf"}, "onnx"),
-}
-
-
 def template_fields(template: str) -> list[str]:
     return [field for _, field, _, _ in string.Formatter().parse(template) if field]
 
@@ -38,9 +29,12 @@ def check(config: schema.WorkflowConfig) -> None:
 
 
 def _check_chain(config: schema.WorkflowConfig, data_names: list[str]) -> None:
+    from ..passes.registry import pass_specs
+
     kind = "hf"
     for name, p in config.passes.items():
-        takes, gives = PASS_IO[p.type]
+        spec = pass_specs()[p.type]
+        takes, gives = spec.takes, spec.gives
         if kind not in takes:
             raise ConfigError(_chain_message(p.type, kind), path=("passes", name, "type"))
         kind = gives
@@ -66,13 +60,20 @@ def _chain_message(pass_type: str, kind: str) -> str:
         return "MergeAdapterWeights needs a LoRA or QLoRA pass before it"
     if kind == "adapter":
         return f"{pass_type} gets {given}: add a MergeAdapterWeights pass before it"
-    return f"{pass_type} cannot take {given}: move it before the pass that produced that"
+    return f"{pass_type} cannot take {given}: check the order of the passes"
 
 
 def _check_evaluation(config: schema.WorkflowConfig, data_names: list[str]) -> None:
     if config.evaluator is not None and config.evaluator not in config.evaluators:
         raise ConfigError(f"evaluator names {config.evaluator!r}, which is not in evaluators", path=("evaluator",),
                           hint=_known("evaluators", config.evaluators))
+    for pass_name, options in config.search_space.items():
+        if config.search_strategy is None:
+            key = next(iter(options))
+            raise ConfigError(f"{key} lists candidate values ({options[key]}), which need a search_strategy",
+                              path=("passes", pass_name, *key.split(".")),
+                              hint="add search_strategy: {execution_order: joint, sampler: sequential} and an "
+                                   "evaluator, or give one value")
     if config.search_strategy is not None and config.evaluator is None:
         raise ConfigError("search_strategy needs an evaluator to rank candidates", path=("search_strategy",),
                           hint="add evaluators: and evaluator:, or remove search_strategy")

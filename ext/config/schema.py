@@ -204,7 +204,6 @@ class ModelBuilder(Model):
 
 
 Pass = Annotated[Union[LoRA, QLoRA, MergeAdapterWeights, ModelBuilder], Field(discriminator="type")]
-PASS_TYPES = ("LoRA", "QLoRA", "MergeAdapterWeights", "ModelBuilder")
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -325,10 +324,15 @@ class WorkflowConfig(Model):
     # What the loader learned: the dialect notes, and the folder relative data paths start from (a config file's).
     _notes: list[str] = PrivateAttr(default_factory=list)
     _base_dir: Optional[str] = PrivateAttr(default=None)
+    _search_space: dict = PrivateAttr(default_factory=dict)  # pass -> dotted option -> candidate values
 
     @property
     def notes(self) -> list[str]:
         return self._notes
+
+    @property
+    def search_space(self) -> dict:
+        return self._search_space
 
     @property
     def base_dir(self) -> Optional[str]:
@@ -354,3 +358,14 @@ class WorkflowConfig(Model):
 
 
 AzureMLDatastore.model_rebuild()
+
+
+def with_pass_models(models: tuple[type[BaseModel], ...]) -> type[WorkflowConfig]:
+    """A WorkflowConfig whose passes may be any of ``models`` (tunecell's and third-party passes)."""
+    if set(models) == {LoRA, QLoRA, MergeAdapterWeights, ModelBuilder}:
+        return WorkflowConfig
+    from pydantic import create_model
+
+    union = Annotated[Union[models], Field(discriminator="type")]  # type: ignore[valid-type]
+    return create_model("WorkflowConfig", __base__=WorkflowConfig,
+                        passes=(dict[str, union], Field(default_factory=dict)))

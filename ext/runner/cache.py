@@ -16,14 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-PACKAGES_BY_PASS = {
-    "LoRA": ("torch", "transformers", "peft", "datasets"),
-    "QLoRA": ("torch", "transformers", "peft", "datasets", "bitsandbytes"),
-    "MergeAdapterWeights": ("torch", "transformers", "peft"),
-    "ModelBuilder": ("onnxruntime-genai", "onnx", "transformers"),
-}
-
-
 def package_versions(names) -> dict[str, Optional[str]]:
     versions = {}
     for name in names:

@@ -14,10 +14,11 @@ from ..config import load_config, schema
 from ..errors import PassFailed, TunecellError
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
 from ..passes.base import Artifact, Interrupted, PassContext
+from ..passes.registry import pass_specs
 from ..plan import Plan, plan as make_plan
 from . import manifest
 from .dispatch import remote_system, run_remote
-from .cache import PACKAGES_BY_PASS, Cache, digest, package_versions
+from .cache import Cache, digest, package_versions
 from .evaluation import goal_failures, measure
 from .history import record_run
 from .result import PassRecord, RunResult
@@ -47,7 +48,15 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
         bus.subscribe(TextProgress())
     if start_from is not None and only is None:
         only = {name for name in config.passes if name not in {p.name for p in start_from.passes}}
-    return LocalRun(config, make_plan(config, only), bus, stop or threading.Event(), start_from).execute()
+    stop = stop or threading.Event()
+    if config.search_space:
+        from .search import run_search
+
+        result = run_search(config, bus, stop,
+                            lambda c, b, s: LocalRun(c, make_plan(c, only), b, s, start_from).execute())
+        manifest.publish_search(config, result)
+        return result
+    return LocalRun(config, make_plan(config, only), bus, stop, start_from).execute()
 
 
 class LocalRun:
@@ -90,9 +99,10 @@ class LocalRun:
                 self._publish(final, adapter)
                 result = self._result(status, started, failed_goals=failed)
         except Interrupted as e:
-            result = self._result("interrupted", started, checkpoint=str(e.checkpoint) if e.checkpoint else None)
+            # logged first, so that the result's logs carry the way to resume
             self.bus.log(f"interrupted: run the same config again to resume"
                          + (f" from {e.checkpoint}" if e.checkpoint else ""), "warning")
+            result = self._result("interrupted", started, checkpoint=str(e.checkpoint) if e.checkpoint else None)
         except PassFailed as e:
             e.result = result = self._result("failed", started, error=str(e))
             raise
@@ -136,7 +146,7 @@ class LocalRun:
             "data": {name: [self.data_hashes[name],
                             self.config.data_config(name).model_dump(mode="json", exclude={"name"})]
                      for name in data},
-            "packages": package_versions(PACKAGES_BY_PASS[step.type]),
+            "packages": package_versions(pass_specs()[step.type].packages),
         })
 
     def _run_step(self, index: int, step, source: Artifact) -> Artifact:
@@ -149,20 +159,18 @@ class LocalRun:
             return self._done(step, entry, key, base, started, cache_hit=True)
         if self.stop.is_set():
             raise Interrupted(None)
-        from ..passes.registry import PASSES
-
         cfg = self.config.passes[step.name]
         try:
             with entry.building() as folder:
                 if folder is not None:
                     ctx = PassContext(step.name, self.config, folder / "artifact", folder / "work", self.scratch,
                                       self.bus, self.stop)
-                    stats = PASSES[step.type](source, cfg, ctx)
+                    stats = pass_specs()[step.type].run(source, cfg, ctx)
                     entry.write_record(folder, {
                         "pass": step.name, "type": step.type, "key": key, "status": "done",
                         "settings": step.settings, "input": source.to_dict(), "stats": stats,
                         "duration_s": round(time.perf_counter() - started, 2),
-                        "packages": package_versions(PACKAGES_BY_PASS[step.type])})
+                        "packages": package_versions(pass_specs()[step.type].packages)})
         except Interrupted:
             self._record(step, "interrupted", started)
             raise
@@ -226,7 +234,7 @@ class LocalRun:
             target = out / name
             stamp = target / ".tunecell-identity"
             if not (stamp.is_file() and stamp.read_text() == artifact.identity):
-                _link_tree(artifact.path, target, artifact.identity)
+                link_tree(artifact.path, target, artifact.identity)
             self.artifacts[name] = str(target)
 
     def _result(self, status: str, started: float, **extra: Any) -> RunResult:
@@ -237,7 +245,7 @@ class LocalRun:
                          **extra)
 
 
-def _link_tree(source: Path, target: Path, identity: str) -> None:
+def link_tree(source: Path, target: Path, identity: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -63,3 +63,27 @@ def _git_sha(base_dir: Optional[str]) -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def publish_search(config, result: "RunResult") -> None:
+    """A search's output_dir: the best model in model/, the top N (output_model_num) in top-<rank>/, and a
+    manifest listing every candidate."""
+    from .local import link_tree
+
+    out = config.resolve(config.output_dir)
+    ranked = sorted(result.candidates, key=lambda c: c["rank"])
+    keep = config.search_strategy.output_model_num
+    for c in ranked[:keep]:
+        model = out / "candidates" / str(c["index"]) / "model"
+        if model.is_dir():
+            link_tree(model, out / ("model" if c["rank"] == 1 else f"top-{c['rank']}"), f"candidate-{c['index']}")
+    if ranked and (out / "model").is_dir():
+        result.artifacts["model"] = str(out / "model")
+    data = {"status": result.status, "best": result.best, "candidates": result.candidates,
+            "search_strategy": config.search_strategy.model_dump(), "packages": package_versions(PACKAGES),
+            "config": config.model_dump(mode="json", exclude_defaults=True)}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".manifest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, out / "manifest.json")
+    result.manifest_path = out / "manifest.json"

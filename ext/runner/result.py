@@ -36,6 +36,8 @@ class RunResult:
     final: Optional[dict[str, Any]] = None  # the last pass's artifact (Artifact.to_dict()), for `--from`
     logs: list[str] = field(default_factory=list)
     config: Optional[Any] = None  # the WorkflowConfig that ran
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # a search's candidates, with rank and metrics
+    best: Optional[int] = None  # the index of the best candidate
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -73,6 +75,11 @@ class RunResult:
             for row in [header] + rows:
                 lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
         lines += [f"  goal missed: {g}" for g in self.failed_goals]
+        if self.candidates:
+            lines.append(f"  candidates (best: {self.best}):")
+            lines += [f"    #{c['index']} rank {c.get('rank', '-')}: {c['label']}  "
+                      + "  ".join(f"{k}={_fmt(v)}" for k, v in c["metrics"].items())
+                      + ("" if c["goals_met"] else "  (goal missed)") for c in self.candidates]
         if self.checkpoint:
             lines.append(f"  checkpoint: {self.checkpoint} (run the same config again to resume)")
         lines += [f"  {name}: {path}" for name, path in self.artifacts.items() if name in ("model", "adapter")]
@@ -100,6 +107,8 @@ class RunResult:
             parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows]
             parts.append("</table>")
         parts += [f"<div style='color:#cf222e'>goal missed: {e(g)}</div>" for g in self.failed_goals]
+        if self.candidates:
+            parts.append(_candidates_html(self.candidates, self.best))
         if self.checkpoint:
             parts.append(f"<div>checkpoint: <code>{e(self.checkpoint)}</code> (run again to resume)</div>")
         parts += [f"<div>{e(n)}: <code>{e(p)}</code></div>" for n, p in self.artifacts.items()
@@ -113,3 +122,59 @@ def _fmt(value: Optional[float]) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _candidates_html(candidates: list[dict[str, Any]], best: Optional[int]) -> str:
+    e = html.escape
+    names: list[str] = []
+    for c in candidates:
+        names += [n for n in c["metrics"] if n not in names]
+    rows = ["<table><tr><th>#</th><th>rank</th><th>options</th>" + "".join(f"<th>{e(n)}</th>" for n in names)
+            + "<th>goals</th></tr>"]
+    for c in sorted(candidates, key=lambda c: c.get("rank", 0)):
+        style = " style='font-weight:bold'" if c["index"] == best else ""
+        goals = "met" if c["goals_met"] else "missed: " + "; ".join(c["failed_goals"])
+        rows.append(f"<tr{style}><td>{c['index']}</td><td>{c.get('rank', '-')}</td><td>{e(c['label'])}</td>"
+                    + "".join(f"<td>{e(_fmt(c['metrics'].get(n)))}</td>" for n in names)
+                    + f"<td>{e(goals)}</td></tr>")
+    rows.append("</table>")
+    svg = pareto_svg(candidates, best)
+    return "".join(rows) + (svg or "")
+
+
+def pareto_svg(candidates: list[dict[str, Any]], best: Optional[int], x: str = "latency",
+               y: str = "accuracy") -> Optional[str]:
+    """Accuracy against latency, one dot per candidate, the Pareto front joined; a static SVG that a saved
+    notebook keeps. None when the candidates lack either metric."""
+    points = [(c["metrics"][x], c["metrics"][y], c) for c in candidates
+              if isinstance(c["metrics"].get(x), (int, float)) and isinstance(c["metrics"].get(y), (int, float))]
+    if len(points) < 2:
+        return None
+    w, h, pad = 360, 220, 40
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs) or 1
+    y0, y1 = min(ys), max(ys)
+
+    def sx(v: float) -> float:
+        return pad + (v - x0) / ((x1 - x0) or 1) * (w - 2 * pad)
+
+    def sy(v: float) -> float:
+        return h - pad - (v - y0) / ((y1 - y0) or 1) * (h - 2 * pad)
+
+    front = sorted((p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p and
+                                                  (q[0] < p[0] or q[1] > p[1]) for q in points)),
+                   key=lambda p: p[0])
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' class='tunecell-pareto'>",
+             f"<text x='{w / 2}' y='{h - 8}' text-anchor='middle' font-size='11'>{x} (lower is better)</text>",
+             f"<text x='12' y='{h / 2}' font-size='11' transform='rotate(-90 12 {h / 2})' "
+             f"text-anchor='middle'>{y}</text>",
+             "<polyline fill='none' stroke='#57606a' stroke-dasharray='4 2' points='"
+             + " ".join(f"{sx(p[0]):.1f},{sy(p[1]):.1f}" for p in front) + "'/>"]
+    for vx, vy, c in points:
+        colour = "#1a7f37" if c["goals_met"] else "#cf222e"
+        radius = 6 if c["index"] == best else 4
+        parts.append(f"<circle cx='{sx(vx):.1f}' cy='{sy(vy):.1f}' r='{radius}' fill='{colour}'>"
+                     f"<title>#{c['index']} {html.escape(c['label'])}</title></circle>"
+                     f"<text x='{sx(vx) + 7:.1f}' y='{sy(vy) - 5:.1f}' font-size='10'>#{c['index']}</text>")
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,99 @@
+"""Candidate values (Olive's searchable values): a list where a pass option takes one value.
+
+`precision: [int4, fp32]` on a ModelBuilder pass, `r: [8, 16]` on LoRA, `training_args: {learning_rate: [1e-4,
+3e-4]}`. They are taken out of the tree before validation (the first candidate stays in its place) and each
+candidate is validated on its own, so errors keep their key path and line.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+from ..errors import ConfigError
+
+SearchSpace = dict[str, dict[str, list[Any]]]  # pass name -> dotted option -> candidate values
+
+
+def extract(tree: dict, pass_models: dict[str, type[BaseModel]]) -> SearchSpace:
+    space: SearchSpace = {}
+    for name, p in (tree.get("passes") or {}).items():
+        model = pass_models.get(p.get("type")) if isinstance(p, dict) else None
+        if model is not None:
+            found = _candidates(p, model, ())
+            if found:
+                space[name] = found
+    return space
+
+
+def _candidates(d: dict, model: type[BaseModel], prefix: tuple) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for key, value in list(d.items()):
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        nested = _model_of(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            found.update(_candidates(value, nested, prefix + (key,)))
+        elif isinstance(value, list) and value and _takes_one_value(field.annotation, value):
+            if len(value) > 1:
+                found[".".join(prefix + (key,))] = list(value)
+            d[key] = value[0]
+    return found
+
+
+def _takes_one_value(annotation: Any, value: list) -> bool:
+    """A list is a candidate list where the option holds a scalar, or a list of lists where it holds a list."""
+    if _accepts_list(annotation):
+        return all(isinstance(v, list) for v in value)
+    return True
+
+
+def _accepts_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set):
+        return True
+    if origin is typing.Annotated:
+        return _accepts_list(typing.get_args(annotation)[0])
+    if origin is typing.Union:
+        return any(_accepts_list(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _model_of(annotation: Any) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def validate(space: SearchSpace, tree: dict, model_for: dict[str, type[BaseModel]]) -> None:
+    """Check every candidate value with the pass's own model; a bad one names its key and index."""
+    from pydantic import ValidationError
+
+    for name, options in space.items():
+        p = tree["passes"][name]
+        for key, values in options.items():
+            for i, value in enumerate(values):
+                trial = _with(dict(p), key.split("."), value)
+                try:
+                    model_for[p["type"]].model_validate(trial)
+                except ValidationError as e:
+                    raise ConfigError(f"candidate {value!r}: {e.errors()[0]['msg']}",
+                                      path=("passes", name) + tuple(key.split(".")) + (i,)) from None
+
+
+def _with(d: dict, keys: list[str], value: Any) -> dict:
+    if len(keys) == 1:
+        d[keys[0]] = value
+    else:
+        d[keys[0]] = _with(dict(d.get(keys[0]) or {}), keys[1:], value)
+    return d
+
+
+def size(space: SearchSpace) -> int:
+    n = 1
+    for options in space.values():
+        for values in options.values():
+            n *= len(values)
+    return n

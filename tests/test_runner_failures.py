@@ -1,0 +1,131 @@
+"""A pass that fails stops the run and says why; the cache never takes a half-built folder for a finished one, and a
+change in the data's content retrains."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tunecell
+from tunecell.errors import ConfigError, PassFailed
+from tunecell.events import PassFinished, PassStarted, RunFinished, RunStarted
+
+TONES = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
+PHI3_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+def config(model: Path, root: Path, passes: dict, data_files: Path = TONES) -> dict:
+    return {
+        "input_model": {"model_path": str(model)},
+        "data_configs": [{
+            "name": "tones",
+            "load_dataset_config": {"data_name": "json", "data_files": str(data_files)},
+            "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
+                                        "strategy": "line-by-line", "max_seq_len": 64, "train_on_prompt": False},
+        }],
+        "passes": passes,
+        "cache_dir": str(root / "cache"),
+        "output_dir": str(root / "out"),
+    }
+
+
+def lora(max_steps: int = 6, **settings) -> dict:
+    return {"type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["qkv_proj", "o_proj"],
+            "train_data_config": "tones", "eval_dataset_size": 0.2,
+            "training_args": {"max_steps": max_steps, "learning_rate": 1.0e-3, "per_device_train_batch_size": 8,
+                              "seed": 0}, **settings}
+
+
+def complete_entries(cache_dir: Path, prefix: str) -> list[Path]:
+    return [p for p in (cache_dir / "default_workflow").glob(f"{prefix}-*")
+            if p.is_dir() and not p.name.endswith(".partial") and (p / "run.json").is_file()]
+
+
+def run(cfg: dict, **kwargs):
+    events: list = []
+    return tunecell.run(cfg, subscribers=[events.append], progress="none", **kwargs), events
+
+
+# -------------------------------------------------------------------------------------------- failures
+def test_missing_target_module_fails_the_lora_pass_and_lists_the_modules(tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, {"lora": lora(target_modules=["q_proj", "v_proj"]),
+                                        "merge": {"type": "MergeAdapterWeights"},
+                                        "mb": {"type": "ModelBuilder", "precision": "int4"}})
+    events: list = []
+    with pytest.raises(PassFailed) as caught:
+        tunecell.run(cfg, subscribers=[events.append], progress="none")
+    error = caught.value
+    assert error.pass_name == "lora" and error.pass_type == "LoRA"
+    assert isinstance(error.__cause__, ConfigError)
+    message = str(error)
+    assert "'lora'" in message and "q_proj" in message
+    for name in PHI3_LINEAR:
+        assert name in message, f"{name} missing from: {message}"
+    assert "lm_head" not in message.split("linear modules are:")[1]
+
+    result = error.result
+    assert result.status == "failed" and "q_proj" in result.error
+    assert [(p.name, p.status) for p in result.passes] == [("lora", "failed")]
+    assert [e.name for e in events if isinstance(e, PassStarted)] == ["lora"]  # the run stopped there
+    failed = [e for e in events if isinstance(e, PassFinished)]
+    assert [(e.name, e.status) for e in failed] == [("lora", "failed")] and "qkv_proj" in failed[0].error
+    assert isinstance(events[0], RunStarted)
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "failed"
+
+    manifest = result.manifest
+    assert result.manifest_path == tmp_path / "out" / "manifest.json"
+    assert manifest["status"] == "failed" and "qkv_proj" in manifest["error"]
+    assert [(p["name"], p["status"]) for p in manifest["passes"]] == [("lora", "failed")]
+    assert complete_entries(tmp_path / "cache", "lora") == []
+    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / "adapter").exists()
+
+
+def test_partial_folder_of_a_crashed_build_is_rebuilt(tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
+    first, _ = run(cfg)
+    assert first.status == "succeeded"
+    entry = Path(first.artifacts["mb"])
+    assert (entry / "run.json").is_file()
+
+    # what a build that crashed mid-way leaves: the entry's .partial folder, a record included, files missing
+    partial = entry.with_name(entry.name + ".partial")
+    shutil.move(entry, partial)
+    (partial / "artifact" / "model.onnx.data").unlink()
+    (partial / "artifact" / "model.onnx").write_bytes(b"half written")
+    (partial / "artifact" / "stray.bin").write_bytes(b"junk")
+
+    cfg["output_dir"] = str(tmp_path / "out-again")
+    second, events = run(cfg)
+    assert second.status == "succeeded"
+    assert [(e.name, e.status, e.cache_hit) for e in events if isinstance(e, PassFinished)] == [
+        ("mb", "done", False)]
+    assert Path(second.artifacts["mb"]) == entry and (entry / "run.json").is_file()
+    assert not partial.exists()
+    assert not (entry / "artifact" / "stray.bin").exists()
+    assert (entry / "artifact" / "model.onnx.data").is_file()
+    model = tunecell.load_model(tmp_path / "out-again" / "model")
+    assert isinstance(model.generate("hello there", max_new_tokens=3), str)
+
+
+# --------------------------------------------------------------------------------------- data changes
+def test_changing_the_data_content_retrains(tiny_model, tmp_path):
+    data = tmp_path / "tones.jsonl"
+    lines = TONES.read_text().splitlines()[:60]
+    data.write_text("\n".join(lines) + "\n")
+    cfg = config(tiny_model, tmp_path, {"lora": lora(max_steps=2)}, data_files=data)
+
+    first, events = run(cfg)
+    assert first.status == "succeeded"
+    assert [(e.name, e.cache_hit) for e in events if isinstance(e, PassFinished)] == [("lora", False)]
+    first_hash = first.manifest["data_hashes"]["tones"]
+    again, events = run(cfg)
+    assert [(e.name, e.cache_hit) for e in events if isinstance(e, PassFinished)] == [("lora", True)]
+
+    data.write_text("\n".join(lines[:-1] + [lines[-1].replace('"tone": "', '"tone": "Very ')]) + "\n")
+    changed, events = run(cfg)
+    assert changed.status == "succeeded"
+    assert [(e.name, e.cache_hit) for e in events if isinstance(e, PassFinished)] == [("lora", False)]
+    assert changed.manifest["data_hashes"]["tones"] != first_hash
+    assert Path(changed.artifacts["lora"]) != Path(first.artifacts["lora"])
+    assert len(complete_entries(tmp_path / "cache", "lora")) == 2
