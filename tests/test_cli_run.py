@@ -1,0 +1,75 @@
+"""`tunecell run --config FILE [--set k=v]`: exit 0 when the run succeeds, 2 for an invalid config, 1 when a pass
+fails; run as a user would, in a subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TONES = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
+
+
+def write_config(path: Path, model: Path, passes: dict) -> Path:
+    config = {
+        "input_model": {"model_path": str(model)},
+        "data_configs": [{
+            "name": "tones",
+            "load_dataset_config": {"data_name": "json", "data_files": str(TONES)},
+            "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
+                                        "strategy": "line-by-line", "max_seq_len": 64},
+        }],
+        "passes": passes,
+        "cache_dir": "cache",  # relative paths start from the config file's folder
+        "output_dir": "out",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunecell.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_successful_run_exits_0_and_writes_the_manifest(tiny_model, tmp_path):
+    path = write_config(tmp_path / "build.yaml", tiny_model, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
+    proc = cli("run", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "succeeded" in proc.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and [p["name"] for p in manifest["passes"]] == ["mb"]
+    assert (tmp_path / "out" / "model" / "genai_config.json").is_file()
+    assert (tmp_path / "cache" / "default_workflow").is_dir()
+
+
+def test_invalid_config_exits_2_and_names_the_key(tiny_model, tmp_path):
+    path = write_config(tmp_path / "bad.yaml", tiny_model, {"mb": {"type": "ModelBuilder", "precison": "int4"}})
+    proc = cli("run", "--config", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert "precison" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_override_exits_2(tiny_model, tmp_path):
+    path = write_config(tmp_path / "build.yaml", tiny_model, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
+    proc = cli("run", "--config", str(path), "--set", "passes.mb.precision=fp16")  # fp16 has no CPU kernels
+    assert proc.returncode == 2, proc.stderr
+    assert "passes.mb.precision" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    proc = cli("run", "--config", str(tmp_path / "nowhere.yaml"))
+    assert proc.returncode == 2, proc.stderr
+
+
+def test_failed_pass_exits_1_and_shows_the_error(tiny_model, tmp_path):
+    path = write_config(tmp_path / "lora.yaml", tiny_model, {"lora": {
+        "type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["q_proj"], "train_data_config": "tones",
+        "training_args": {"max_steps": 2}}})
+    proc = cli("run", "--config", str(path))
+    assert proc.returncode == 1, proc.stderr
+    assert "lora" in proc.stderr and "q_proj" in proc.stderr and "qkv_proj" in proc.stderr
+    assert "failed" in proc.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "failed"

@@ -1,0 +1,128 @@
+"""Search over candidate values with goals (issue 8): ranking, goals, cache reuse, outputs, config errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tunecell
+from tunecell.errors import ConfigError
+from tunecell.events import PassFinished
+
+DATA = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
+
+SEARCH = """
+input_model: {{model_path: {model}}}
+data_configs:
+  - name: tones
+    load_dataset_config: {{data_name: json, data_files: {data}}}
+    pre_process_data_config: {{text_template: "### Text: {{phrase}}\\n### The tone is:\\n{{tone}}", strategy: line-by-line, max_seq_len: 48}}
+passes:
+  lora: {{type: LoRA, r: 4, alpha: 8, target_modules: [qkv_proj, o_proj], train_data_config: tones, eval_dataset_size: 0.2,
+          training_args: {{max_steps: 3, per_device_train_batch_size: 8}}}}
+  merge: {{type: MergeAdapterWeights}}
+  mb: {{type: ModelBuilder, precision: [int4, fp32], int4_block_size: [32, 64]}}
+evaluators:
+  ev:
+    metrics:
+      - {{name: accuracy, type: accuracy, data_config: tones, label_column: tone, max_new_tokens: 2, max_samples: 4}}
+      - {{name: latency, type: latency, max_new_tokens: 2, priority: 2}}
+      - {{name: size, type: size_on_disk, priority: 3, goal: {{type: threshold, value: 10}}}}
+evaluator: ev
+search_strategy: {{execution_order: joint, sampler: sequential, output_model_num: 2}}
+cache_dir: {tmp}/cache
+output_dir: {tmp}/out
+"""
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    events = []
+    result = tunecell.run(SEARCH.format(model=tiny_model, data=DATA, tmp=tmp), progress="none",
+                          subscribers=[events.append])
+    return result, events, tmp
+
+
+def test_every_candidate_is_ranked_and_the_fp32_ones_miss_the_size_goal(searched):
+    result, _, _ = searched
+    assert len(result.candidates) == 4
+    by_options = {(c["options"]["mb"]["precision"], c["options"]["mb"]["int4_block_size"]): c
+                  for c in result.candidates}
+    assert set(by_options) == {("int4", 32), ("int4", 64), ("fp32", 32), ("fp32", 64)}
+    for (precision, _), c in by_options.items():
+        assert c["goals_met"] is (precision == "int4")
+        if precision == "fp32":
+            assert any("size" in text for text in c["failed_goals"])
+    ranks = sorted(c["rank"] for c in result.candidates)
+    assert ranks == [1, 2, 3, 4]
+    best = next(c for c in result.candidates if c["index"] == result.best)
+    assert best["rank"] == 1 and best["options"]["mb"]["precision"] == "int4"
+    assert result.status == "succeeded"
+
+
+def test_candidates_share_the_training_through_the_cache(searched):
+    _, events, _ = searched
+    lora = [e for e in events if isinstance(e, PassFinished) and e.name == "lora"]
+    assert len(lora) == 4
+    assert [e.cache_hit for e in lora] == [False, True, True, True]
+    mb = [e for e in events if isinstance(e, PassFinished) and e.name == "mb"]
+    assert [e.cache_hit for e in mb] == [False, False, False, False]
+
+
+def test_output_dir_holds_the_best_and_the_top_n_and_a_manifest(searched):
+    result, _, tmp = searched
+    out = tmp / "out"
+    assert (out / "model" / "genai_config.json").is_file()
+    assert (out / "top-2" / "genai_config.json").is_file()
+    assert not (out / "top-3").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["best"] == result.best and len(manifest["candidates"]) == 4
+    assert tunecell.load_model(out / "model").generate("### Text: hi\n### The tone is:\n", 2) is not None
+
+
+def test_the_summary_shows_a_table_and_a_pareto_plot(searched):
+    result, _, _ = searched
+    html = result._repr_html_()
+    assert "<svg" in html and "tunecell-pareto" in html and html.count("<circle") == 4
+    assert "goal missed" in repr(result) and "candidates (best:" in repr(result)
+
+
+def test_a_second_search_is_all_cache_hits(searched, tiny_model):
+    _, _, tmp = searched
+    events = []
+    tunecell.run(SEARCH.format(model=tiny_model, data=DATA, tmp=tmp), progress="none", subscribers=[events.append])
+    assert all(e.cache_hit for e in events if isinstance(e, PassFinished))
+
+
+def test_random_sampler_with_max_samples_tries_that_many(tiny_model, tmp_path):
+    text = SEARCH.format(model=tiny_model, data=DATA, tmp=tmp_path).replace(
+        "sampler: sequential, output_model_num: 2", "sampler: random, max_samples: 2, seed: 3")
+    result = tunecell.run(text, progress="none")
+    assert len(result.candidates) == 2
+
+
+@pytest.mark.parametrize("edit, message, path", [
+    (("search_strategy: {execution_order: joint, sampler: sequential, output_model_num: 2}", ""),
+     "need a search_strategy", ("passes", "mb", "precision")),
+    (("evaluator: ev\n", ""), "needs an evaluator", ("search_strategy",)),
+    (("[int4, fp32]", "[int4, fp64]"), "candidate 'fp64'", ("passes", "mb", "precision", 1)),
+    (("sampler: sequential", "sampler: tpe"), "sampler", ("search_strategy", "sampler")),
+])
+def test_search_config_errors_name_the_keys(edit, message, path, tmp_path):
+    text = SEARCH.format(model="m", data=DATA, tmp=tmp_path).replace(*edit)
+    with pytest.raises(ConfigError) as e:
+        tunecell.load_config(text)
+    assert message in str(e.value)
+    assert e.value.path[:len(path)] == path
+    assert e.value.line is not None
+
+
+def test_search_space_round_trips_through_export(tmp_path):
+    from tunecell.config.export import export_config
+
+    config = tunecell.load_config(SEARCH.format(model="m", data=DATA, tmp=tmp_path))
+    again = tunecell.load_config(export_config(config, tmp_path / "c.yaml"))
+    assert again.search_space == config.search_space == {"mb": {"precision": ["int4", "fp32"],
+                                                                 "int4_block_size": [32, 64]}}
