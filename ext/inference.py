@@ -110,7 +110,15 @@ class HfModel(LoadedModel):
         self.path = path
         kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         self._tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+        adapter = path / "adapter_config.json"
+        if adapter.is_file():  # a LoRA adapter: its base, with the adapter merged in memory
+            from peft import PeftModel
+
+            base = json.loads(adapter.read_text())["base_model_name_or_path"]
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
+            self._model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
+        else:
+            self._model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
         generation = self._model.generation_config
         self._eos = generation.eos_token_id if generation.eos_token_id is not None else self._tokenizer.eos_token_id
         pad = generation.pad_token_id if generation.pad_token_id is not None else self._tokenizer.pad_token_id
@@ -128,10 +136,12 @@ class HfModel(LoadedModel):
 
 
 def load_model(path: Union[str, Path], *, trust_remote_code: bool = False) -> LoadedModel:
-    """An ONNX folder (genai_config.json) loads with onnxruntime-genai, an HF folder with transformers in fp32."""
+    """An ONNX folder (genai_config.json) loads with onnxruntime-genai; an HF folder, or a LoRA adapter over
+    one, with transformers in fp32."""
     path = Path(path)
     if (path / "genai_config.json").is_file():
         return OnnxModel(path)
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return HfModel(path, trust_remote_code=trust_remote_code)
-    raise FileNotFoundError(f"{path} holds neither an ONNX model (genai_config.json) nor an HF model (config.json)")
+    raise FileNotFoundError(f"{path} holds neither an ONNX model (genai_config.json), an HF model (config.json) "
+                            "nor a LoRA adapter (adapter_config.json)")

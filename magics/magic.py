@@ -177,7 +177,7 @@ class TuneCell(Magics):
 
         stop = threading.Event()
         mode = self._progress_mode()
-        subscribers = []
+        subscribers, view = [], None
         if mode == "widgets":
             from tunecell.widgets.progress import RunProgress
 
@@ -191,7 +191,12 @@ class TuneCell(Magics):
         if remote_system(config) is not None:  # submit here and now (login, job link), then follow like a run
             run = self._submit(config, kwargs)
         if args.background:
-            handle = BackgroundRun(run, config, kwargs, stop, on_done=lambda r: self._remember(r, None))
+            def done(result: Any) -> None:
+                self._remember(result, None)
+                if view is not None:  # the cell has returned: the summary goes into its live view
+                    view.finish(result)
+
+            handle = BackgroundRun(run, config, kwargs, stop, on_done=done)
             self.runs[handle.id] = handle
             if args.out:
                 self.shell.user_ns[args.out] = handle
@@ -257,13 +262,14 @@ class TuneCell(Magics):
         if isinstance(value, BackgroundRun):
             value = value.wait()
         if hasattr(value, "artifacts"):  # a RunResult
-            path = value.artifacts.get("model")
+            path = value.model_path or value.artifacts.get("model")
             if path is None:
                 raise UsageError(f"run {value.run_id} produced no model")
         elif hasattr(value, "generate_with_stats"):
             return value
         else:
             path = name
+        path = str(path)
         if not Path(path).exists():
             raise UsageError(f"--model {name}: not a run result in the notebook nor a model folder")
         if path not in self._models:

@@ -249,9 +249,6 @@ class FakeAzureML:
         return "NotStarted" if job.step < 0 else self.script[min(job.step, len(self.script) - 1)][0]
 
     def _advance(self, job: FakeJob) -> None:
-        if job.cancelled:
-            job.cancelled += 1
-            return
         if job.step >= len(self.script) - 1:
             return
         job.step += 1
@@ -285,9 +282,12 @@ class FakeAzureML:
             job = self.jobs.get(name)
             if job is None:
                 return self._err(404, "UserError", f"job {name} not found")
-            self._advance(job)
+            if not job.cancelled:
+                self._advance(job)
             body = json.loads(json.dumps(job.body))
             body["properties"]["status"] = self.status(name)
+            if job.cancelled:  # CancelRequested once, then Canceled
+                job.cancelled += 1
             return 200, body, {}
         return self._err(405, "MethodNotAllowed", method)
 

@@ -208,11 +208,16 @@ def on_display(ip: InteractiveShell, callback: Callable[[Any], None]) -> Iterato
         yield captured
 
 
-def sigint() -> None:
-    """A kernel interrupt, as Jupyter sends it. Only while training's own SIGINT handler is installed: anywhere
+def sigint(times: int = 1) -> Callable[[], None]:
+    """A kernel interrupt (SIGINT, what Jupyter sends), ``times`` times: once asks training to stop at the step's
+    end; twice raises KeyboardInterrupt at once. Only while training's own SIGINT handler is installed: anywhere
     else the default handler would raise KeyboardInterrupt into the test instead."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        signal.raise_signal(signal.SIGINT)
+    def interrupt() -> None:
+        for _ in range(times):
+            handler = signal.getsignal(signal.SIGINT)
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.raise_signal(signal.SIGINT)
+    return interrupt
 
 
 # ------------------------------------------------------------------------------------------- shared runs
@@ -323,7 +328,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(ip: InteractiveShell, main_cel
     result, captured = run(ip, "%%finetune --dry-run", main_cell)
     assert result.error_in_exec is None and result.result is None
     out = captured.stdout
-    for text in (f"input model: {tiny_model}", "target: local (cpu); host: local", "1. lora [LoRA] <- input_model: hf -> adapter", "     r: 4",
+    for text in (f"input model: {tiny_model}", "target: local (cpu); host: local",
+                 "1. lora [LoRA] <- input_model: hf -> adapter", "     r: 4",
                  "training_args.max_steps: 4", "2. merge [MergeAdapterWeights] <- lora: adapter -> hf",
                  "evaluate (tones_eval): accuracy, size", f"cache: {paths['cache']}"):
         assert text in out, text
@@ -332,7 +338,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(ip: InteractiveShell, main_cel
 
 def test_set_overrides_keys(ip: InteractiveShell, main_cell: str) -> None:
     ip.user_ns["lora_rank"] = 4
-    line = "%%finetune --dry-run --set passes.lora.r=8 --set passes.lora.training_args.max_steps=2 --set clean_cache=true"
+    line = ("%%finetune --dry-run --set passes.lora.r=8 --set passes.lora.training_args.max_steps=2 "
+            "--set clean_cache=true")
     result, captured = run(ip, line, main_cell)
     assert result.error_in_exec is None
     assert "     r: 8" in captured.stdout and "training_args.max_steps: 2" in captured.stdout
@@ -437,7 +444,8 @@ def test_config_errors_are_short_usage_errors_with_key_and_line(ip: InteractiveS
     cases = [
         (main_cell.replace("alpha: 8", "alpah: 8"), r"passes\.lora\.alpah \(line 16, column 5\): unknown key",
          "did you mean 'alpha'"),
-        (main_cell.replace("max_seq_len: 64", "max_seq_len: 2"), r"max_seq_len \(line 9, column 7\): Input should be greater than or equal to 8", None),
+        (main_cell.replace("max_seq_len: 64", "max_seq_len: 2"),
+         r"max_seq_len \(line 9, column 7\): Input should be greater than or equal to 8", None),
         (main_cell.replace("    eval_dataset_size: 0.2\n", ""), r"accuracy on 'tones' would be measured on rows",
          "eval_dataset_size"),
         ("- a\n- b\n", r"line 1: the config must be a mapping", "input_model"),
@@ -612,23 +620,36 @@ def interrupt_cell(tiny_model: Path, paths) -> str:
     return workflow(tiny_model, paths["out"] / "interrupt", seed=7)
 
 
-@pytest.fixture(scope="module")
-def interrupted(ip: InteractiveShell, interrupt_cell: str) -> tuple[Any, CapturedIO, View, threading.Event]:
-    """`%%finetune -o resumed`, interrupted like a kernel interrupt (SIGINT) when training reaches step 1."""
+def interrupt_at(ip: InteractiveShell, cell: str, step: int, times: int) -> tuple[Any, CapturedIO, View, Any]:
+    """Run `%%finetune -o resumed` in widgets mode, sending SIGINT ``times`` times when training reaches ``step``."""
     views: list[View] = []
 
     def watch(box: Any) -> None:
         views.append(View(box))
-        views[-1].fired = views[-1].at_step("lora", 1, sigint)
+        views[-1].fired = views[-1].at_step("lora", step, sigint(times))
 
+    handler = signal.getsignal(signal.SIGINT)
     with progress_mode(ip, "widgets"), on_display(ip, watch) as captured:
-        result = ip.run_cell("%%finetune -o resumed\n" + interrupt_cell)
-    return result, captured, views[0], views[0].fired
+        result = ip.run_cell("%%finetune -o resumed\n" + cell)
+    assert views[0].fired.is_set()
+    return result, captured, views[0], handler
+
+
+@pytest.fixture(scope="module")
+def interrupted(ip: InteractiveShell, interrupt_cell: str) -> tuple[Any, CapturedIO, View, Any]:
+    """Interrupted once at step 1: training stops cleanly at the end of the step and keeps a checkpoint."""
+    return interrupt_at(ip, interrupt_cell, step=1, times=1)
+
+
+@pytest.fixture(scope="module")
+def interrupted_twice(ip: InteractiveShell, interrupt_cell: str, interrupted: Any) -> tuple[Any, CapturedIO, View, Any]:
+    """The same cell again: it resumes from checkpoint-1; then two interrupts at step 2 (a KeyboardInterrupt inside
+    the Trainer's step callback) still leave a checkpoint."""
+    return interrupt_at(ip, interrupt_cell, step=2, times=2)
 
 
 def test_interrupt_during_training_keeps_a_checkpoint(interrupted: Any, ip: InteractiveShell) -> None:
-    result, captured, view, fired = interrupted
-    assert fired.is_set()
+    result, captured, view, handler = interrupted
     message = short_usage_error(result, captured)
     assert re.match(r"interrupted; checkpoint saved in .*checkpoint-1\. Run the cell again to resume\.$", message)
     first = ip.user_ns["resumed"]
@@ -638,20 +659,32 @@ def test_interrupt_during_training_keeps_a_checkpoint(interrupted: Any, ip: Inte
     assert view.bar("lora").value == 1 and view.overall.bar_style == "warning"
     (summary,) = displayed_summaries(captured)
     assert "interrupted" in summary["text/plain"] and f"checkpoint: {first.checkpoint}" in summary["text/plain"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # training restored the handler
+    assert signal.getsignal(signal.SIGINT) is handler  # training put the SIGINT handler back
 
 
-def test_running_the_cell_again_resumes(interrupted: Any, ip: InteractiveShell, interrupt_cell: str) -> None:
-    first = ip.user_ns["resumed"]
+def test_a_second_interrupt_stops_at_once_and_keeps_a_checkpoint(interrupted_twice: Any, ip) -> None:
+    result, captured, view, handler = interrupted_twice
+    message = short_usage_error(result, captured)
+    assert re.match(r"interrupted; checkpoint saved in .*checkpoint-2\. Run the cell again to resume\.$", message)
+    second = ip.user_ns["resumed"]
+    assert second.status == "interrupted" and second.checkpoint.endswith("checkpoint-2")
+    assert "info: lora: resuming from checkpoint-1" in second.logs
+    assert view.status("lora") == "interrupted" and view.bar("lora").value == 2
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_running_the_cell_again_resumes(interrupted_twice: Any, ip: InteractiveShell, interrupt_cell: str) -> None:
+    second = ip.user_ns["resumed"]
     result, captured = run(ip, "%%finetune -o resumed", interrupt_cell)
     assert result.error_in_exec is None, captured.stderr
     again = ip.user_ns["resumed"]
-    assert again.status == "succeeded" and again.run_id != first.run_id
+    assert again.status == "succeeded" and again.run_id != second.run_id
     (lora,) = again.passes
-    assert lora.status == "done" and lora.stats["resumed_from"] == "checkpoint-1" and lora.stats["steps"] == STEPS
-    assert "info: lora: resuming from checkpoint-1" in again.logs
+    assert lora.status == "done" and lora.stats["resumed_from"] == "checkpoint-2" and lora.stats["steps"] == STEPS
+    assert "info: lora: resuming from checkpoint-2" in again.logs
     logs = run(ip, f"%tunecell logs {again.run_id}")[1].stdout
-    assert "lora: resuming from checkpoint-1" in logs
+    assert "lora: resuming from checkpoint-2" in logs
+    assert Path(again.artifacts["adapter"], "adapter_config.json").is_file()
 
 
 def test_background_run_cancelled_with_its_button(ip: InteractiveShell, tiny_model: Path, paths) -> None:
@@ -746,6 +779,7 @@ def test_tunecell_status_runs_logs_export(ip: InteractiveShell, ft: RunResult, p
     assert tunecell.load_config(last).input_model == ft.config.input_model
     assert ".json" in short_usage_error(*run(ip, f"%tunecell export ft {paths['root'] / 'x.txt'}"))
     assert "has finished" in short_usage_error(*run(ip, "%tunecell cancel ft"))
+    assert "is not an AzureML job" in short_usage_error(*run(ip, "%tunecell follow ft"))
 
 
 def test_tunecell_cache_and_cache_clear(ip: InteractiveShell, tmp_path: Path, paths) -> None:

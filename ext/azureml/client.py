@@ -38,13 +38,19 @@ def require_sdk() -> None:
     _quiet_sdk_loggers()
 
 
+_quieted = False
+
+
 def _quiet_sdk_loggers() -> None:
-    """The SDK logs every experimental class it touches and every credential it tries: keep the cell readable,
-    unless the user set a level on those loggers."""
+    """azure-ai-ml sets its logger to INFO with its own stderr handler at import, and logs each experimental class it
+    touches; azure-identity logs each credential it tries. Keep the cell readable: errors only (once per process,
+    so a level set afterwards is kept)."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
     for name in ("azure.ai.ml", "azure.identity", "azure.core.pipeline.policies.http_logging_policy"):
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def get_credential(say: Callable[[str], None] = print, *, device_code: bool = True, refresh: bool = False) -> Any:

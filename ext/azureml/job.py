@@ -78,6 +78,9 @@ def build_job(config: schema.WorkflowConfig, *, system: Optional[str] = None, na
     folder is staged (default: <cache_dir>/azureml/<name>/code). ``keyvault_name``: the vault holding the
     ``hf-token`` secret when hf_token is true (submit() passes the workspace's own).
     """
+    from .client import require_sdk
+
+    require_sdk()
     from azure.ai.ml import Output, PyTorchDistribution, command
 
     system = system or config.host or config.target

@@ -69,7 +69,10 @@ def fill_config(cli: list[str], inputs: Mapping[str, str]) -> list[str]:
         return cli
     at = cli.index("--config") + 1
     source = Path(cli[at])
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SetupError(f"cannot read the config {source}: {e.strerror or e}") from None
     for name, path in inputs.items():
         text = text.replace("${{inputs.%s}}" % name, json.dumps(path)[1:-1])
     left = sorted(set(_LEFT.findall(text)))

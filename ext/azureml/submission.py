@@ -12,8 +12,12 @@ interrupt) only stops following: the job runs on, ``reconnect(run_id)`` picks it
 """
 from __future__ import annotations
 
+import contextlib
 import html
+import io
 import json
+import re
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -84,13 +88,13 @@ class AzureMLRun:
 
     def refresh(self) -> str:
         """The job's status now (one request)."""
-        self.status = str(self._get().status)
+        self.status = _status(self._get())
         return self.status
 
     def fetch_logs(self) -> list[str]:
         """The job's log so far (one poll), for ``%tunecell logs``: status, then the lines, events shown as such."""
         job = self._get()
-        lines = [f"AzureML job {self.job_name}: {job.status}" + (f"  {self.studio_url}" if self.studio_url else "")]
+        lines = [f"AzureML job {self.job_name}: {_status(job)}" + (f"  {self.studio_url}" if self.studio_url else "")]
         try:
             tail = LogTail(self.ml, self.job_name)
             raw = tail.poll(job) + tail.flush()
@@ -134,7 +138,7 @@ class AzureMLRun:
                     self.bus.log(f"AzureML did not answer ({type(e).__name__}); trying again", "warning")
                     self._wait(interval, stop)
                     continue
-                status = str(job.status)
+                status = _status(job)
                 if status != self.status:
                     self.status = status
                     self.bus.log(f"AzureML job {self.job_name}: {status}")
@@ -234,7 +238,7 @@ class AzureMLRun:
             else:
                 result.status, result.error = "failed", f"AzureML job {self.job_name} completed without a manifest"
         if result.error and status != "Completed":
-            self.bus.log(f"AzureML job {self.job_name} {status.lower()}: {result.error}", "error")
+            self.bus.log(result.error if status == "Canceled" else f"the AzureML job failed: {result.error}", "error")
         self.bus.emit(RunFinished(result.status, str(result.manifest_path) if result.manifest_path else None,
                                   result.duration_s))
         result.logs = self.logs
@@ -311,7 +315,7 @@ def submit(config: schema.WorkflowConfig, *, system: Optional[str] = None, subsc
     job = _create(ml, spec)
     handle = AzureMLRun(ml, job.name, config=config, output_dir=config.resolve(config.output_dir), cache_dir=cache_dir,
                         studio_url=getattr(job, "studio_url", None), bus=bus)
-    handle.status = str(job.status or "Submitted")
+    handle.status = _status(job) or "Submitted"
     from ..config.export import minimal_dict
 
     saved = cache_dir / "azureml" / spec.name / "submitted-config.json"
@@ -328,11 +332,17 @@ def submit(config: schema.WorkflowConfig, *, system: Optional[str] = None, subsc
 def _create(ml: Any, spec: Any) -> Any:
     from azure.core.exceptions import HttpResponseError
 
+    noise = io.StringIO()
     try:
-        return ml.jobs.create_or_update(spec.job)
+        with contextlib.redirect_stderr(noise):  # the SDK prints colour codes around each upload
+            return ml.jobs.create_or_update(spec.job)
     except HttpResponseError as e:
         raise TunecellError(f"AzureML refused job {spec.name}: {aml_client.error_code(e) or e.status_code}: "
                             f"{aml_client._first_line(e)}") from None
+    finally:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", noise.getvalue()).strip()
+        if text:
+            print(text, file=sys.stderr)
 
 
 def _sayer(bus: EventBus, show: bool) -> Callable[[str], None]:
@@ -396,6 +406,12 @@ def _saved_config(path: Optional[str]) -> Optional[schema.WorkflowConfig]:
         return load_config(json.loads(Path(path).read_text(encoding="utf-8")))
     except (TunecellError, ValueError):
         return None
+
+
+def _status(job: Any) -> str:
+    """A job's status as AzureML spells it ("Running"): the SDK gives a str enum whose str() is its member name."""
+    status = getattr(job, "status", None)
+    return str(getattr(status, "value", status) or "")
 
 
 # ---------------------------------------------------------------------------------------------------- events

@@ -341,7 +341,7 @@ class WorkflowConfig(Model):
     def resolve(self, path: str) -> Path:
         """A path from the config: relative ones start at the config file's folder (or the current folder)."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p
+        return (p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p).absolute()
 
     def data_config(self, name: str) -> DataConfig:
         return next(d for d in self.data_configs if d.name == name)

@@ -1,8 +1,6 @@
 """Measure a model with the configured evaluator, through the cache: a model measured before is not loaded again."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +39,7 @@ def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.
 
 
 def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig, cache: Cache,
-            data_hashes: dict[str, str], scratch: Path) -> dict[str, float]:
+            data_hashes: dict[str, str]) -> dict[str, float]:
     key = metrics_key(artifact, evaluator, config, data_hashes)
     cached = cache.load_metrics(key)
     if cached is not None:
@@ -49,11 +47,8 @@ def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.Work
     from .. import evaluate
     from ..inference import load_model
 
-    with _loadable(artifact, config, scratch) as path:
-        model = load_model(path)
-        values: dict[str, float] = {}
-        for metric in evaluator.metrics:
-            values[metric.name] = _one(metric, model, path, config, evaluate)
+    model = load_model(artifact.path, trust_remote_code=config.input_model.load_kwargs.trust_remote_code)
+    values = {metric.name: _one(metric, model, artifact.path, config, evaluate) for metric in evaluator.metrics}
     cache.save_metrics(key, values)
     return values
 
@@ -91,29 +86,6 @@ def _examples(metric: schema.Metric, config: schema.WorkflowConfig) -> list[tupl
 
 def _first_data_config(config: schema.WorkflowConfig) -> Optional[str]:
     return config.data_configs[0].name if config.data_configs else None
-
-
-class _loadable:
-    """The folder to load for an artifact: adapters are merged into their base in a scratch folder first."""
-
-    def __init__(self, artifact: Artifact, config: schema.WorkflowConfig, scratch: Path):
-        self.artifact, self.config, self.scratch = artifact, config, scratch
-        self._tmp: Optional[str] = None
-
-    def __enter__(self) -> Path:
-        if self.artifact.kind != "adapter":
-            return self.artifact.path
-        from ..passes.merge import merge_adapter
-
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        self._tmp = tempfile.mkdtemp(prefix="eval-merge-", dir=self.scratch)
-        merge_adapter(self.artifact.base.path, self.artifact.path, Path(self._tmp),
-                      trust_remote_code=self.config.input_model.load_kwargs.trust_remote_code)
-        return Path(self._tmp)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def goal_failures(config: schema.WorkflowConfig, evaluator: schema.Evaluator,

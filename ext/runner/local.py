@@ -202,7 +202,7 @@ class LocalRun:
         if self.plan.evaluator is None or not only_if:
             return
         try:
-            values = measure(artifact, self.plan.evaluator, self.config, self.cache, self.data_hashes, self.scratch)
+            values = measure(artifact, self.plan.evaluator, self.config, self.cache, self.data_hashes)
         except TunecellError as e:
             raise PassFailed(f"evaluate {label}", "evaluation", e) from e
         except Exception as e:

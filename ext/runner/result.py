@@ -43,10 +43,18 @@ class RunResult:
     def manifest(self) -> dict[str, Any]:
         return json.loads(Path(self.manifest_path).read_text()) if self.manifest_path else {}
 
+    @property
+    def model_path(self) -> Optional[Path]:
+        """The final model in the cache: unlike output_dir/model, a later run into the same output_dir never
+        replaces it."""
+        return Path(self.final["path"]) if self.final else None
+
     def model(self, which: str = "model"):
         """Load an output for generation: "model" (the final one), "adapter", or a pass name."""
         from ..inference import load_model
 
+        if which == "model" and self.model_path is not None:
+            return load_model(self.model_path)
         if which not in self.artifacts:
             raise KeyError(f"no artifact {which!r}; this run has {', '.join(self.artifacts)}")
         path = Path(self.artifacts[which])
@@ -67,8 +75,7 @@ class RunResult:
         if self.error:
             lines.append(f"  error: {self.error}")
         for p in self.passes:
-            hit = " (cached)" if p.cache_hit else ""
-            lines.append(f"  {p.name:<16} {p.type:<20} {p.status}{hit} {p.duration_s:.1f} s")
+            lines.append(f"  {p.name:<16} {p.type:<24} {p.status:<12} {p.duration_s:.1f} s")
         header, rows = self.metric_table()
         if rows:
             widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
@@ -97,8 +104,7 @@ class RunResult:
             parts.append(f"<pre style='color:#cf222e'>{e(self.error)}</pre>")
         parts.append("<table><tr><th>pass</th><th>type</th><th>status</th><th>time</th></tr>")
         for p in self.passes:
-            status = p.status + (" (cached)" if p.cache_hit else "")
-            parts.append(f"<tr><td>{e(p.name)}</td><td>{e(p.type)}</td><td>{e(status)}</td>"
+            parts.append(f"<tr><td>{e(p.name)}</td><td>{e(p.type)}</td><td>{e(p.status)}</td>"
                          f"<td>{p.duration_s:.1f} s</td></tr>")
         parts.append("</table>")
         header, rows = self.metric_table()

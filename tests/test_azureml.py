@@ -1,0 +1,598 @@
+"""AzureML: build, submit, follow, download, cancel and reconnect, driving the real azure-ai-ml SDK against the
+in-process fake of tests/fake_azureml.py. No Azure account, no network beyond 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("azure.ai.ml")
+pytest.importorskip("azure.identity")
+pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")  # marshmallow 4, in the SDK
+
+from fake_azureml import FakeAzureML, FakeCredential, make_transport, patch_all_requests  # noqa: E402
+
+from tunecell.cli import EVENT_PREFIX  # noqa: E402
+from tunecell.config import load_config  # noqa: E402
+from tunecell.errors import ConfigError, PassFailed, TunecellError  # noqa: E402
+from tunecell.events import (Event, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted,  # noqa: E402
+                             TrainStep)
+
+TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE1234"
+IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04"
+CONFIG = """\
+workflow_id: tones
+input_model: {model_path: HuggingFaceTB/SmolLM2-135M-Instruct}
+data_configs:
+  - name: tones
+    load_dataset_config: {data_name: json, data_files: data/tones.jsonl}
+    pre_process_data_config: {text_template: "### Text: {phrase}\\n### The tone is:\\n{tone}", max_seq_len: 64}
+  - name: more
+    load_dataset_config:
+      data_name: json
+      data_files: {type: azureml_datastore, config: {datastore_name: workspaceblobstore,
+                                                     relative_path: datasets/more.jsonl}}
+passes:
+  lora: {type: LoRA, train_data_config: tones, training_args: {max_steps: 4}}
+  merge: {type: MergeAdapterWeights}
+evaluators:
+  ev: {metrics: [{name: latency, type: latency}]}
+evaluator: ev
+systems:
+  aml:
+    type: AzureML
+    config:
+      aml_compute: gpu-cluster
+      accelerators: [gpu]
+      aml_docker_config: {base_image: %s, conda_file_path: conda.yaml}
+      hf_token: true
+azureml_client: {subscription_id: 00000000-0000-0000-0000-000000000000, resource_group: rg, workspace_name: ws}
+host: aml
+target: aml
+output_dir: out
+cache_dir: cache
+""" % IMAGE
+STEPS = [["lora", "LoRA"], ["merge", "MergeAdapterWeights"]]
+LOSSES = [2.0, 1.6, 1.3, 1.1]
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Nothing leaves the process but 127.0.0.1; MLClient's environment writes are undone."""
+    connect = socket.socket.connect
+
+    def guard(self, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"a test tried to reach {address!r}")
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "AzureCloud")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the user's own token: it must never travel
+    from tunecell.azureml import submission
+
+    monkeypatch.setattr(submission, "POLL_INTERVAL_S", 0.0)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """A notebook folder: the config, a local data file, a conda file. The SDK asks git about the cwd: not a repo."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tones.jsonl").write_text('{"phrase": "so kind", "tone": "warm"}\n')
+    (tmp_path / "conda.yaml").write_text("name: ft\ndependencies:\n  - python=3.10\n  - pip\n  - pip: [transformers]\n")
+    (tmp_path / "tones.yaml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def config(work):
+    return load_config(work / "tones.yaml")
+
+
+@pytest.fixture
+def fake():
+    fake = FakeAzureML()
+    with patch_all_requests(fake):
+        yield fake
+
+
+def client_for(fake, sub=None, rg=None, ws=None):
+    from tunecell.azureml import ml_client
+    from tunecell.config.schema import AzureMLClient
+
+    return ml_client(AzureMLClient(subscription_id=sub or fake.sub, resource_group=rg or fake.rg,
+                                   workspace_name=ws or fake.ws),
+                     credential=FakeCredential(), transport=make_transport(fake), retry_backoff_factor=0)
+
+
+@pytest.fixture
+def ml(fake):
+    return client_for(fake)
+
+
+def remote_events() -> list[Event]:
+    return ([RunStarted("20240101-000000-abcdef", STEPS, "c" * 64, "HuggingFaceTB/SmolLM2-135M-Instruct"),
+             PassStarted("lora", "LoRA", 0, 2)]
+            + [TrainStep("lora", i + 1, 4, loss, 1e-4, 900.0) for i, loss in enumerate(LOSSES)]
+            + [PassFinished("lora", "LoRA", "done", 3.0, False, "/mnt/cache/lora-1"),
+               PassStarted("merge", "MergeAdapterWeights", 1, 2),
+               PassFinished("merge", "MergeAdapterWeights", "done", 1.0, False, "/mnt/cache/merge-1"),
+               MetricResult("merge", "latency", 12.5),
+               RunFinished("succeeded", "/mnt/azureml/cr/j/x/cap/output_dir/manifest.json", 5.0)])
+
+
+def manifest(status="succeeded", error=None, failed=None) -> dict:
+    passes = [{"name": "lora", "type": "LoRA", "status": "failed" if failed == "lora" else "done",
+               "duration_s": 3.0, "cache_hit": False, "artifact": "/mnt/cache/lora-1", "stats": {"steps": 4}}]
+    if failed is None:
+        passes.append({"name": "merge", "type": "MergeAdapterWeights", "status": "done", "duration_s": 1.0,
+                       "cache_hit": False, "artifact": "/mnt/cache/merge-1", "stats": {}})
+    return {"run_id": "20240101-000000-abcdef", "status": status, "error": error, "failed_goals": [],
+            "checkpoint": None, "config_hash": "c" * 64, "model_source": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "duration_s": 5.0, "passes": passes,
+            "metrics": {} if failed else {"merge": {"latency": 12.5}},
+            "artifacts": {} if failed else {"lora": "/mnt/cache/lora-1", "model": "/mnt/out/model",
+                                            "adapter": "/mnt/out/adapter"}}
+
+
+def script_job(fake, events=None, cut=None, status="Completed", outputs=True):
+    """The fake job's life: statuses, a log with pip noise and the runner's echoed events, and its output_dir."""
+    events = remote_events() if events is None else events
+    lines = [EVENT_PREFIX + e.to_json() for e in events]
+    shown = lines if cut is None else lines[:cut]
+    half = len(shown) // 2
+    fake.script = [("Queued", []), ("Preparing", []), ("Running", ["Collecting transformers"] + shown[:half]),
+                   ("Running", shown[half:]), ("Finalizing", []), (status, [])]
+    if outputs:
+        fake.outputs = {"manifest.json": json.dumps(manifest() if outputs is True else outputs).encode(),
+                        "events.jsonl": "".join(e.to_json() + "\n" for e in events).encode(),
+                        "model/config.json": b"{}", "adapter/adapter_config.json": b"{}"}
+
+
+def statuses(logs) -> list[str]:
+    """The status changes the follow reported ("info: AzureML job NAME: Running")."""
+    return [line.rsplit(": ", 1)[1] for line in logs if line.startswith("info: AzureML job ") and
+            line.count(": ") == 2 and line.rsplit(": ", 1)[1].isalpha()]
+
+
+# ---------------------------------------------------------------------------------------------- build, offline
+def test_build_job_offline_and_validate_with_the_sdk_schema(config, work, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("building a job must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    from azure.ai.ml import load_job
+
+    from tunecell.azureml import build_job
+
+    spec = build_job(config, name="tunecell-test-1", keyvault_name="kv-team")
+    job = spec.job
+    result = job._validate()
+    assert result.passed, result.error_messages
+    body = job._to_job()._to_dict()
+    assert body["compute"] == "azureml:gpu-cluster"
+    assert body["command"].startswith("python -m tunecell.azureml.remote --input data_tones=${{inputs.data_tones}} "
+                                      "--input data_more=${{inputs.data_more}} -- run --config config.json ")
+    assert "--events ${{outputs.output_dir}}/events.jsonl --events - " in body["command"]
+    assert body["command"].endswith("--set output_dir=${{outputs.output_dir}}")
+    assert body["inputs"]["data_tones"]["type"] == "uri_file" and body["inputs"]["data_tones"]["mode"] == "ro_mount"
+    assert job.inputs["data_tones"].path == str(work / "data" / "tones.jsonl")  # a local file: uploaded by the SDK
+    assert body["inputs"]["data_more"]["path"] == "azureml://datastores/workspaceblobstore/paths/datasets/more.jsonl"
+    assert body["outputs"]["output_dir"]["type"] == "uri_folder"
+    assert body["environment_variables"] == {"PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                                             "TOKENIZERS_PARALLELISM": "false", "KEYVAULT_NAME": "kv-team",
+                                             "HF_TOKEN_SECRET": "hf-token"}
+    env = job.environment
+    assert env.image == IMAGE
+    pip = next(d["pip"] for d in env.conda_file["dependencies"] if isinstance(d, dict))
+    assert "transformers" in pip  # the user's line is kept as it is
+    assert any(p.startswith("torch==") for p in pip) and any(p.startswith("pydantic==") for p in pip)
+    assert any(p.startswith("azure-keyvault-secrets") for p in pip) and "python=3.10" in env.conda_file["dependencies"]
+    assert "distribution" not in body and body["resources"]["instance_count"] == 1
+    # the CLI v2 YAML the SDK writes loads back and validates
+    job._to_job().dump(work / "job.yml")
+    assert load_job(work / "job.yml")._validate().passed
+    # the code: tunecell importable from the folder, and the job's config with placeholders, without local settings
+    code = spec.code_dir
+    assert (code / "tunecell" / "cli.py").is_file() and (code / "tunecell" / "azureml" / "remote.py").is_file()
+    assert (code / "tunecell" / "widgets" / "progress.py").is_file() and not list(code.rglob("__pycache__"))
+    remote = json.loads((code / "config.json").read_text())
+    assert remote["data_configs"][0]["load_dataset_config"]["data_files"] == "${{inputs.data_tones}}"
+    assert remote["data_configs"][1]["load_dataset_config"]["data_files"] == "${{inputs.data_more}}"
+    assert remote["systems"]["aml"]["type"] == "LocalSystem" and remote["target"] == "aml"
+    assert not {"host", "cache_dir", "output_dir", "azureml_client"} & set(remote)
+    assert load_config(remote).execution_provider == "cuda"  # the same accelerators, now local to the job
+
+
+def test_build_job_registry_model_registered_environment_and_distribution(config, work):
+    from tunecell.azureml import build_job
+
+    config = load_config(work / "tones.yaml", overrides=[
+        "input_model.model_path={type: azureml_registry_model, registry_name: azureml, name: Phi-3-mini, version: 7}",
+        "systems.aml.aml_docker_config=null", "systems.aml.environment=tunecell-gpu:3", "systems.aml.instance_count=2",
+        "systems.aml.hf_token=team-vault", "data_configs.tones.load_dataset_config.data_files=data/*.jsonl"])
+    spec = build_job(config, name="tunecell-test-2")
+    body = spec.job._to_job()._to_dict()
+    assert spec.job._validate().passed
+    assert body["inputs"]["model"] == {"type": "custom_model",
+                                       "path": "azureml://registries/azureml/models/Phi-3-mini/versions/7"}
+    assert body["inputs"]["data_tones"]["type"] == "uri_folder"  # a glob sends its folder
+    assert body["environment"] == "azureml:tunecell-gpu:3"
+    assert body["distribution"] == {"type": "pytorch", "process_count_per_instance": 1}
+    assert body["resources"]["instance_count"] == 2
+    assert body["environment_variables"]["KEYVAULT_NAME"] == "team-vault"
+    remote = spec.remote_config
+    assert remote["input_model"]["model_path"] == "${{inputs.model}}"
+    assert remote["data_configs"][0]["load_dataset_config"]["data_files"] == "${{inputs.data_tones}}/*.jsonl"
+
+
+def test_a_token_pasted_as_hf_token_is_refused_unechoed(work):
+    from tunecell.azureml import build_job
+
+    config = load_config(work / "tones.yaml", overrides=[f"systems.aml.hf_token={TOKEN}"])
+    with pytest.raises(ConfigError, match="hf_token is true") as e:
+        build_job(config)
+    assert TOKEN not in str(e.value)
+
+
+def test_importing_tunecell_azureml_and_the_remote_bootstrap_stays_light():
+    script = ("import sys, tunecell, tunecell.azureml, tunecell.azureml.remote, tunecell.runner.dispatch\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'azure'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------- submit, follow, download
+def test_submit_with_local_and_datastore_inputs_sends_no_secret(config, fake, ml, work):
+    from tunecell.azureml import submit
+
+    handle = submit(config, client=ml, progress="none")
+    calls = fake.calls()
+    assert calls[:2] == ["GET ", "GET /computes/gpu-cluster"]  # the workspace and the compute are checked first
+    assert any(c.startswith("PUT /environments/CliV2AnonymousEnvironment/") for c in calls)
+    assert calls[-1] == f"PUT /jobs/{handle.job_name}"
+    props = fake.job_put(handle.job_name)["properties"]
+    assert props["computeId"].endswith("/computes/gpu-cluster")
+    assert props["inputs"]["data_tones"]["uri"].startswith("azureml://datastores/workspaceblobstore/paths/LocalUpload/")
+    assert props["inputs"]["data_more"]["uri"] == "azureml://datastores/workspaceblobstore/paths/datasets/more.jsonl"
+    assert props["outputs"]["output_dir"]["jobOutputType"] == "uri_folder"
+    assert props["environmentVariables"]["KEYVAULT_NAME"] == "kv-fake"  # the workspace's own vault
+    assert props["environmentVariables"]["HF_TOKEN_SECRET"] == "hf-token"
+    uploaded = [k for k in fake.blobs if k.endswith("/code/config.json")]
+    assert uploaded and b"${{inputs.data_tones}}" in fake.blobs[uploaded[0]]
+    assert any(k.endswith("/tunecell/azureml/remote.py") for k in fake.blobs)
+    assert fake.blobs[next(k for k in fake.blobs if k.endswith("LocalUpload/" + k.split("LocalUpload/")[-1])
+                           and k.endswith("tones.jsonl"))].startswith(b'{"phrase"')
+    # the token in the user's environment went nowhere: not in any request, nor in anything written locally
+    assert TOKEN.encode() not in fake.everything()
+    assert not [p for p in work.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    record = json.loads((work / "cache" / "runs.jsonl").read_text().splitlines()[-1])
+    assert record["run_id"] == handle.job_name and record["backend"] == "azureml" and record["status"] == "submitted"
+    assert handle.studio_url.startswith("https://ml.azure.com/runs/" + handle.job_name)
+    assert handle.job_name in handle._repr_html_() and "Studio" in handle._repr_html_()
+
+
+def test_follow_replays_remote_events_into_the_progress_widget_and_downloads(config, fake, ml, work):
+    from tunecell.azureml import submit
+    from tunecell.widgets.progress import RunProgress
+
+    script_job(fake)
+    (work / "out" / "model").mkdir(parents=True)
+    (work / "out" / "model" / "stale.bin").write_text("old")
+    (work / "out" / "notes.txt").write_text("mine")
+    view = RunProgress()
+    handle = submit(config, client=ml, subscribers=[view], progress="none")
+    result = handle.follow()
+    assert result.status == "succeeded" and result.run_id == handle.job_name
+    assert statuses(result.logs) == ["Queued", "Preparing", "Running", "Finalizing", "Completed"]
+    assert "info: Collecting transformers" in result.logs  # the job's own log lines
+    # the widget saw the remote run like a local one
+    assert view.run_id == handle.job_name and view.status == "succeeded"
+    assert [(r.name, r.status) for r in view.rows.values()] == [("lora", "done"), ("merge", "done")]
+    assert view.rows["lora"].losses == list(enumerate(LOSSES, 1))
+    assert "<polyline" in view.curve.value and view.metrics == {"merge": {"latency": 12.5}}
+    # outputs: downloaded into output_dir, replacing what the run makes, keeping the rest
+    out = work / "out"
+    assert result.manifest_path == out / "manifest.json" and (out / "model" / "config.json").is_file()
+    assert not (out / "model" / "stale.bin").exists() and (out / "notes.txt").read_text() == "mine"
+    assert result.artifacts == {"model": str(out / "model"), "adapter": str(out / "adapter")}
+    assert result.metrics == {"merge": {"latency": 12.5}} and [p.name for p in result.passes] == ["lora", "merge"]
+    assert "tunecell run " + handle.job_name in repr(result) and "latency" in repr(result)
+    assert json.loads((work / "cache" / "runs.jsonl").read_text().splitlines()[-1])["status"] == "succeeded"
+    assert not any(c.endswith("/cancel") for c in fake.calls())
+    assert "POST /jobs/{}/cancel".format(handle.job_name) not in fake.calls()
+    assert not any("stream" in c for c in fake.calls())
+
+
+def test_events_the_log_missed_are_replayed_from_events_jsonl(config, fake, ml):
+    from tunecell.azureml import submit
+    from tunecell.widgets.progress import RunProgress
+
+    script_job(fake, cut=3)  # the log stops after the third event
+    view = RunProgress()
+    result = submit(config, client=ml, subscribers=[view], progress="none").follow()
+    assert result.status == "succeeded"
+    assert [(r.name, r.status) for r in view.rows.values()] == [("lora", "done"), ("merge", "done")]
+    assert view.rows["lora"].losses == list(enumerate(LOSSES, 1))
+
+
+def test_tunecell_run_dispatches_a_failed_pass_as_passfailed_and_keeps_output_dir(config, fake, ml, work,
+                                                                                  monkeypatch):
+    import tunecell
+    from tunecell.azureml import client
+
+    monkeypatch.setattr(client, "ml_client", lambda *a, **k: ml)
+    error = "pass 'lora' (LoRA) failed: ValueError: the tokenizer has no pad token"
+    events = remote_events()[:4] + [PassFinished("lora", "LoRA", "failed", 1.0, False, None, error),
+                                    RunFinished("failed", "/mnt/out/manifest.json", 1.0)]
+    script_job(fake, events=events, status="Failed", outputs=manifest("failed", error, failed="lora"))
+    (work / "out").mkdir()
+    (work / "out" / "manifest.json").write_text('{"status": "succeeded", "from": "the last good run"}')
+    with pytest.raises(PassFailed, match="the tokenizer has no pad token") as e:
+        tunecell.run(config, progress="none")
+    result = e.value.result
+    assert result.status == "failed" and result.error == error
+    assert "the last good run" in (work / "out" / "manifest.json").read_text()  # nothing local is lost
+    assert result.manifest_path.parent == work / "cache" / "azureml" / result.run_id / "outputs"
+    assert e.value.pass_name == "lora"
+
+
+def test_a_job_that_fails_before_tunecell_runs_shows_the_remote_error(config, fake, ml):
+    from tunecell.azureml import submit
+    from tunecell.widgets.progress import RunProgress
+
+    script_job(fake, events=[], status="Failed", outputs=False)
+    fake.error = {"code": "UserError", "message": "Image build failed: conda could not resolve torch"}
+    view = RunProgress()
+    result = submit(config, client=ml, subscribers=[view], progress="none").follow()
+    assert result.status == "failed"
+    assert result.error == "UserError: Image build failed: conda could not resolve torch"
+    assert view.status == "failed"
+    assert any(level == "error" and "conda could not resolve torch" in text for level, text in view.log_lines)
+
+
+def test_cancel_from_the_stop_event_and_from_the_record(config, fake, ml, work):
+    from tunecell.azureml import cancel, submit
+
+    fake.script = [("Queued", []), ("Running", [])] + [("Running", [])] * 20
+    stop = threading.Event()
+    stop.set()  # the widget's Cancel button, pressed while the job is queued
+    handle = submit(config, client=ml, progress="none")
+    result = handle.follow(stop=stop)
+    assert f"POST /jobs/{handle.job_name}/cancel" in fake.calls()
+    assert result.status == "failed" and result.error == f"AzureML job {handle.job_name} was canceled"
+    assert statuses(result.logs)[-2:] == ["CancelRequested", "Canceled"]
+    # another job, cancelled by its recorded name from a fresh handle (`%tunecell cancel RUN` after a restart)
+    second = submit(config, client=ml, progress="none")
+    cancel(second.job_name, work / "cache", client=client_for(fake))
+    assert f"POST /jobs/{second.job_name}/cancel" in fake.calls()
+
+
+def test_a_503_is_retried_by_the_pipeline(config, fake, ml):
+    from tunecell.azureml import submit
+
+    script_job(fake)
+    handle = submit(config, client=ml, progress="none")
+    fake.inject("GET", rf"/jobs/{handle.job_name}$", status=503, times=2)
+    result = handle.follow()
+    assert result.status == "succeeded"
+    gets = [c for c in fake.calls() if c == f"GET /jobs/{handle.job_name}"]
+    assert len(gets) >= 8  # the two 503s, retried, on top of one GET per status
+    assert not any("did not answer" in line for line in result.logs)  # the retry policy hid them
+
+
+def test_interrupting_stops_following_and_a_new_handle_reconnects_after_restart(config, fake, ml, work):
+    from tunecell.azureml import reconnect, submit
+    from tunecell.widgets.progress import RunProgress
+
+    script_job(fake)
+
+    def interrupt_when_running(event):
+        if isinstance(event, Log) and event.text.endswith(": Running"):
+            raise KeyboardInterrupt
+
+    handle = submit(config, client=ml, subscribers=[interrupt_when_running], progress="none")
+    detached = handle.follow()
+    assert detached.status == "running" and "keeps running" in detached.logs[-1]
+    assert not any(c.endswith("/cancel") for c in fake.calls())  # the job was not touched
+    # a restarted kernel: nothing in memory, a new client; the record in runs.jsonl leads back to the job
+    view = RunProgress()
+    again = reconnect(handle.job_name, work / "cache", client=client_for(fake), subscribers=[view])
+    assert again.config is not None and again.config.workflow_id == "tones"
+    assert again.fetch_logs()[0].startswith(f"AzureML job {handle.job_name}: ")
+    result = again.follow()
+    assert result.status == "succeeded" and (work / "out" / "manifest.json").is_file()
+    assert [(r.name, r.status) for r in view.rows.values()] == [("lora", "done"), ("merge", "done")]
+
+
+def test_wrong_subscription_group_workspace_or_compute_is_named(config, fake, work):
+    from tunecell.azureml import submit
+
+    for kwargs, expected in [({"sub": "11111111-0000-0000-0000-000000000000"}, "subscription '11111111-"),
+                             ({"rg": "rg-typo"}, "resource group 'rg-typo' was not found"),
+                             ({"ws": "ws-typo"}, "AzureML workspace 'ws-typo' was not found in resource group 'rg'")]:
+        with pytest.raises(TunecellError, match=expected):
+            submit(config, client=client_for(fake, **kwargs), progress="none")
+    config = load_config(work / "tones.yaml", overrides=["systems.aml.aml_compute=gpu-clustr"])
+    with pytest.raises(TunecellError, match=r"compute 'gpu-clustr' is not in AzureML workspace 'ws' "
+                                            r"\(its computes: cpu-cluster, gpu-cluster\)"):
+        submit(config, client=client_for(fake), progress="none")
+    assert not any(c.startswith("PUT") for c in fake.calls())
+
+
+def test_credentials_fall_back_to_a_device_code_shown_in_the_cell(monkeypatch):
+    import azure.identity
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from tunecell.azureml import client
+
+    class NoLogin:
+        def __init__(self, **kwargs):
+            pass
+
+        def get_token(self, *scopes, **kwargs):
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+    class DeviceCode:
+        works = True
+
+        def __init__(self, prompt_callback=None, **kwargs):
+            self.prompt = prompt_callback
+
+        def get_token(self, *scopes, **kwargs):
+            self.prompt("https://microsoft.com/devicelogin", "ABCD-1234", None)
+            if not DeviceCode.works:
+                raise ClientAuthenticationError("the code expired")
+            return FakeCredential().get_token(*scopes)
+
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", NoLogin)
+    monkeypatch.setattr(azure.identity, "DeviceCodeCredential", DeviceCode)
+    monkeypatch.setattr(client, "_credential", None)
+    said = []
+    credential = client.get_credential(said.append)
+    assert isinstance(credential, DeviceCode)
+    assert "open https://microsoft.com/devicelogin and enter the code ABCD-1234" in said[-1]
+    assert client.get_credential(said.append) is credential  # kept for the kernel's life
+    DeviceCode.works = False
+    with pytest.raises(TunecellError, match="no Azure credential works: DefaultAzureCredential: .*; device code "
+                                            "login: the code expired") as e:
+        client.get_credential(said.append, refresh=True)
+    assert "az login" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------- the job's side
+def test_the_remote_bootstrap_fills_inputs_and_reads_the_token_without_showing_it(config, work, monkeypatch,
+                                                                                  capsys):
+    import types
+
+    import tunecell.cli
+    from tunecell.azureml import build_job, remote
+
+    spec = build_job(config, name="tunecell-test-3", keyvault_name="kv-team")
+    read = []
+
+    class SecretClient:
+        def __init__(self, vault_url, credential):
+            read.append(vault_url)
+
+        def get_secret(self, name):
+            read.append(name)
+            return types.SimpleNamespace(value=TOKEN)
+
+    monkeypatch.setitem(sys.modules, "azure.keyvault", types.ModuleType("azure.keyvault"))
+    monkeypatch.setitem(sys.modules, "azure.keyvault.secrets", types.SimpleNamespace(SecretClient=SecretClient))
+    monkeypatch.delenv("HF_TOKEN")
+    for key, value in spec.job.environment_variables.items():
+        monkeypatch.setenv(key, value)
+    ran = {}
+
+    def fake_cli(argv):
+        import os
+
+        ran["argv"], ran["token"] = argv, os.environ.get("HF_TOKEN")
+        return 0
+
+    monkeypatch.setattr(tunecell.cli, "main", fake_cli)
+    monkeypatch.chdir(spec.code_dir)
+    mounted = "/mnt/azureml/cr/j/1/cap/data-capability/wd/INPUT_data_tones/tones.jsonl"
+    words = spec.command.replace("${{inputs.data_tones}}", mounted).replace(
+        "${{inputs.data_more}}", "/mnt/more.jsonl").replace("${{outputs.output_dir}}", "/mnt/out").split()
+    assert remote.main(words[3:]) == 0
+    assert read == ["https://kv-team.vault.azure.net/", "hf-token"] and ran["token"] == TOKEN
+    argv = ran["argv"]
+    assert argv[:3] == ["run", "--config", "config.job.json"]  # next to config.json, in the job's folder
+    assert argv[3:] == ["--events", "/mnt/out/events.jsonl", "--events", "-", "--progress", "none",
+                        "--set", "output_dir=/mnt/out"]
+    filled = load_config(spec.code_dir / argv[2])
+    assert filled.data_configs[0].load_dataset_config.data_files == mounted
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err and "read from Key Vault 'kv-team'" in out.out
+    assert not [p for p in spec.code_dir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    # another rank of a distributed job: its own output folder, no events in the log
+    assert remote.per_rank(argv, {"RANK": "1"})[3:] == [
+        "--events", "/mnt/out/ranks/1/events.jsonl", "--progress", "none", "--set", "output_dir=/mnt/out/ranks/1"]
+
+
+def test_the_remote_bootstrap_stops_on_an_unreadable_vault_naming_it(work, monkeypatch, capsys):
+    import types
+
+    from tunecell.azureml import remote
+
+    class SecretClient:
+        def __init__(self, vault_url, credential):
+            pass
+
+        def get_secret(self, name):
+            raise PermissionError("Forbidden: the identity lacks secrets/get")
+
+    monkeypatch.setitem(sys.modules, "azure.keyvault.secrets", types.SimpleNamespace(SecretClient=SecretClient))
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("KEYVAULT_NAME", "kv-team")
+    monkeypatch.setenv("HF_TOKEN_SECRET", "hf-token")
+    (work / "config.json").write_text("{}")
+    assert remote.main(["--", "run", "--config", "config.json"]) == remote.EXIT_SETUP
+    assert "cannot read the secret 'hf-token' from Key Vault 'kv-team'" in capsys.readouterr().err
+
+
+def test_cli_run_writes_the_event_stream(work, monkeypatch, capsys):
+    import tunecell.runner
+    from tunecell.cli import main
+    from tunecell.runner.result import RunResult
+
+    (work / "local.yaml").write_text(textwrap.dedent("""\
+        input_model: {model_path: HuggingFaceTB/SmolLM2-135M-Instruct}
+        passes: {merge: {type: MergeAdapterWeights}}
+    """).replace("merge: {type: MergeAdapterWeights}", ""))
+
+    def fake_run(config, subscribers=(), progress="text", **kwargs):
+        for event in remote_events():
+            for subscriber in subscribers:
+                subscriber(event)
+        return RunResult("r1", "succeeded", [], {}, {}, "c" * 64, "hub")
+
+    monkeypatch.setattr(tunecell.runner, "run", fake_run)
+    events = work / "out" / "events.jsonl"
+    assert main(["run", "--config", str(work / "local.yaml"), "--events", str(events), "--events", "-",
+                 "--progress", "none"]) == 0
+    assert [Event.from_json(line) for line in events.read_text().splitlines()] == remote_events()
+    echoed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(EVENT_PREFIX)]
+    assert [Event.from_json(line[len(EVENT_PREFIX):]) for line in echoed] == remote_events()
+
+
+# ---------------------------------------------------------------------------------------------------- magics
+def test_magics_list_show_logs_follow_and_cancel_a_job_after_a_restart(config, fake, ml, work, monkeypatch, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from tunecell.azureml import client, submit
+    from tunecell.magics import TuneCell
+
+    script_job(fake)
+    first = submit(config, client=ml, progress="none")
+    second = submit(config, client=ml, progress="none")
+    fresh = client_for(fake)
+    monkeypatch.setattr(client, "ml_client", lambda *a, **k: fresh)
+    magics = TuneCell(InteractiveShell.instance())  # a new kernel: no runs in memory
+    magics.cache_dir = str(work / "cache")
+    magics.progress = "none"
+    magics.tunecell("runs")
+    listed = capsys.readouterr().out
+    assert f"{first.job_name}: submitted  AzureML job https://ml.azure.com/runs/{first.job_name}" in listed
+    magics.tunecell(f"logs {first.job_name}")
+    assert capsys.readouterr().out.startswith(f"AzureML job {first.job_name}: Queued")
+    magics.tunecell(f"cancel {second.job_name}")
+    assert f"POST /jobs/{second.job_name}/cancel" in fake.calls()
+    magics.tunecell(f"follow {first.job_name}")
+    assert magics.runs[first.job_name].status == "succeeded"
+    assert (work / "out" / "manifest.json").is_file()
+    magics.tunecell("runs")
+    assert f"{first.job_name}: succeeded  {work / 'out' / 'manifest.json'}" in capsys.readouterr().out

@@ -1,0 +1,232 @@
+"""The example notebooks, executed top to bottom with nbclient on a real kernel (the venv's `python3` kernelspec).
+
+- tone-classifier.ipynb runs twice on the tiny random Phi-3 (its `parameters` cell replaced, as papermill would),
+  each time with a clean cache, and must record the same metrics, losses and hashes both times; its saved widget
+  state must show every tunecell progress bar at its end, green.
+- olive-config.ipynb runs as it is: each pasted Olive config validates, and each exported Olive JSON loads back to
+  the same config as the original file.
+- azureml.ipynb: the cells that need no workspace run (the dry run); the cells tagged `azureml-job` submit to
+  AzureML and are left out here.
+- qlora-gpu.ipynb runs on the CPU, on the tiny model.
+- The committed notebooks carry no outputs, no execution counts and no widget state.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "example_notebooks"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+TIMING_METRICS = {"latency", "throughput"}  # wall-clock measurements: never equal twice
+TINY_STEPS = 6
+
+
+def tiny_parameters(tiny_model: Path, work: Path, **extra: Any) -> str:
+    """The `parameters` cell for the tiny random Phi-3: its LoRA targets are qkv_proj and o_proj."""
+    values = {"model": str(tiny_model), "target_modules": ["qkv_proj", "o_proj"], "max_steps": TINY_STEPS,
+              "learning_rate": 3e-4, "lora_r": 4, "eval_samples": 12, "data_files": "data/tones.jsonl",
+              "cache_dir": str(work / "cache"), "output_dir": str(work / "out"), **extra}
+    return "\n".join(f"{name} = {value!r}" for name, value in values.items()) + "\n"
+
+
+def execute(name: str, work: Path, parameters: Optional[str] = None, skip_tags: Iterable[str] = (),
+            timeout: int = 600) -> nbformat.NotebookNode:
+    """Execute example_notebooks/NAME in ``work`` (a copy of the data folder beside it), as a user would.
+
+    ``parameters`` replaces the source of the cell tagged `parameters`; cells with a tag in ``skip_tags`` are left
+    out. The executed notebook is written to work/NAME for a look after a failure.
+    """
+    from nbclient import NotebookClient
+
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "data").exists():
+        shutil.copytree(NOTEBOOKS / "data", work / "data")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & set(skip_tags)]
+    if parameters is not None:
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        cell.source = parameters
+    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(work)}})
+    started = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, work / name)
+        print(f"{name}: executed in {time.perf_counter() - started:.1f} s")
+    return nb
+
+
+def outputs_of(cell: Any, kind: str = "text/plain") -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type == "error":
+            parts.append("\n".join(output.traceback))
+        elif kind in output.get("data", {}):
+            parts.append(output.data[kind])
+    return "\n".join(parts)
+
+
+def cell_starting(nb: Any, prefix: str) -> Any:
+    return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(prefix))
+
+
+def progress_bars(nb: Any) -> list[dict[str, Any]]:
+    """The IntProgress widgets of the saved widget state: tunecell's bars (the libraries' tqdm bars are Float)."""
+    state = nb.metadata["widgets"][WIDGET_STATE]["state"]
+    return [model["state"] for model in state.values() if model["model_name"] == "IntProgressModel"]
+
+
+def no_errors(nb: Any) -> None:
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error", f"{cell.source[:60]!r}: {output.ename}: {output.evalue}"
+
+
+# ======================================================================================= tone-classifier
+@pytest.fixture(scope="module")
+def tone_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """tone-classifier.ipynb executed twice in the same folder, the cache and the outputs removed before each."""
+    work = tmp_path_factory.mktemp("tone-classifier")
+    runs = []
+    for _ in range(2):
+        for folder in ("cache", "out"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+        nb = execute("tone-classifier.ipynb", work, tiny_parameters(tiny_model, work))
+        manifests = {name: json.loads((work / "out" / name / "manifest.json").read_text()) for name in ("ft", "int4")}
+        runs.append({"nb": nb, "manifests": manifests, "work": work})
+    return runs
+
+
+def reproducible(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What two executions of the notebook must agree on: everything but wall times and run ids."""
+    return {
+        "metrics": {model: {k: v for k, v in values.items() if k not in TIMING_METRICS}
+                    for model, values in manifest["metrics"].items()},
+        "passes": [(p["name"], p["type"], p["status"], p["stats"].get("train_loss"), p["stats"].get("steps"))
+                   for p in manifest["passes"]],
+        "config_hash": manifest["config_hash"], "data_hashes": manifest["data_hashes"], "seed": manifest["seed"],
+        "model_source": manifest["model_source"], "packages": manifest["packages"],
+    }
+
+
+def test_tone_classifier_reproduces_its_metrics(tone_runs: list[dict[str, Any]]) -> None:
+    first, second = ([reproducible(m) for m in (run["manifests"]["ft"], run["manifests"]["int4"])]
+                     for run in tone_runs)
+    assert first == second
+    ft, opt = first
+    # ft measured the model as it came and the adapter; opt carried those over and measured merge and int4
+    assert list(ft["metrics"]) == ["input", "lora"]
+    assert list(opt["metrics"]) == ["input", "lora", "merge", "int4"]
+    assert {k: opt["metrics"][k] for k in ft["metrics"]} == ft["metrics"]
+    assert all(set(values) == {"accuracy"} for values in opt["metrics"].values())
+    assert [p[:3] for p in opt["passes"]] == [("lora", "LoRA", "done"), ("merge", "MergeAdapterWeights", "done"),
+                                              ("int4", "ModelBuilder", "done")]
+    assert opt["passes"][0] == ft["passes"][0] and ft["passes"][0][4] == TINY_STEPS
+    assert ft["passes"][0][3] is not None  # a training loss, the same to the last bit both times
+    # the wall-clock metrics were measured, they just differ between runs
+    assert set(tone_runs[0]["manifests"]["int4"]["metrics"]["int4"]) == {"accuracy", "latency"}
+
+
+def test_tone_classifier_summary_and_outputs(tone_runs: list[dict[str, Any]]) -> None:
+    nb = tone_runs[-1]["nb"]
+    no_errors(nb)
+    summary = nb.cells[-1]
+    assert summary.source == "opt"
+    html = outputs_of(summary, "text/html")
+    assert "tunecell-summary" in html and "succeeded" in html
+    for header in ("<th>metric</th>", "<th>input</th>", "<th>lora</th>", "<th>int4</th>", "<td>accuracy</td>"):
+        assert header in html, header
+    preview = outputs_of(cell_starting(nb, "%%finetune --preview"), "text/html")
+    assert 'class="tc-tok"' in preview and "background:#d8f0d8" in preview  # tokens that carry the loss, green
+    generated = outputs_of(cell_starting(nb, "%%generate"))
+    assert generated.count(">>> ### Text: ") == 4 and "tokens/s" in generated
+
+
+def test_tone_classifier_widget_state_shows_finished_bars(tone_runs: list[dict[str, Any]]) -> None:
+    for run in tone_runs:
+        bars = progress_bars(run["nb"])
+        # ft: the run's bar and lora's; opt: the run's bar, merge's and int4's
+        assert len(bars) == 5, bars
+        for bar in bars:
+            assert bar["value"] == bar["max"] and bar["bar_style"] == "success", bar
+        assert any(bar["max"] == TINY_STEPS for bar in bars)  # lora's bar counted the training steps
+
+
+# ===================================================================================== the other notebooks
+def test_olive_config_notebook_exports_configs_that_load_back(tmp_path: Path) -> None:
+    import tunecell
+
+    nb = execute("olive-config.ipynb", tmp_path)
+    no_errors(nb)
+    for name in ("cookbook", "params_config", "olive013"):
+        original = tunecell.load_config((CONFIGS / name).with_suffix(".json").read_text(encoding="utf-8"))
+        exported = tmp_path / "exported" / f"{name}.json"
+        data = json.loads(exported.read_text(encoding="utf-8"))
+        assert data["input_model"]["type"] == "HfModel" and "engine" not in data, name  # Olive 0.13's layout
+        assert tunecell.load_config(exported).model_dump() == original.model_dump(), name
+    dry_runs = [outputs_of(c) for c in nb.cells if c.source.startswith("%%finetune --dry-run")]
+    assert len(dry_runs) == 3
+    for text in dry_runs:
+        assert "1. lora [QLoRA]" in text and "3. builder [ModelBuilder]" in text and "host: aml" in text
+    assert "note: passes.lora: lora_r is now r" in dry_runs[0]
+
+
+def test_azureml_notebook_dry_run(tmp_path: Path) -> None:
+    source = nbformat.read(NOTEBOOKS / "azureml.ipynb", as_version=4)
+    jobs = [c for c in source.cells if "azureml-job" in c.metadata.get("tags", [])]
+    dry_run = cell_starting(source, "%%finetune --dry-run")
+    submit = cell_starting(source, "%%finetune -o aml_run")
+    assert submit in jobs and dry_run not in jobs
+    # the job cell runs exactly the config that the dry run checked
+    assert submit.source.split("\n", 1)[1] == dry_run.source.split("\n", 1)[1]
+    parameters = next(c for c in source.cells if "parameters" in c.metadata.get("tags", []))
+    for placeholder in ("<your-subscription-id>", "<your-resource-group>", "<your-workspace-name>",
+                        "<your-gpu-cluster>"):
+        assert placeholder in parameters.source
+
+    nb = execute("azureml.ipynb", tmp_path, skip_tags=["azureml-job"])
+    no_errors(nb)
+    plan = outputs_of(cell_starting(nb, "%%finetune --dry-run"))
+    for text in ("target: aml (cpu); host: aml", "1. lora [LoRA]", "2. merge [MergeAdapterWeights]",
+                 "3. int4 [ModelBuilder]", "evaluate (tone_eval): accuracy, latency"):
+        assert text in plan, text
+    assert not (tmp_path / "models").exists()  # a dry run writes nothing
+
+
+def test_qlora_notebook_runs_on_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
+    nb = execute("qlora-gpu.ipynb", tmp_path,
+                 tiny_parameters(tiny_model, tmp_path, max_steps=2, eval_samples=4, learning_rate=2e-4))
+    no_errors(nb)
+    assert "no CUDA GPU: QLoRA trains on the CPU" in outputs_of(nb.cells[3])
+    manifest = json.loads((tmp_path / "out" / "int4" / "manifest.json").read_text())
+    assert [(p["name"], p["type"], p["status"]) for p in manifest["passes"]] == [
+        ("lora", "QLoRA", "done"), ("merge", "MergeAdapterWeights", "done"), ("int4", "ModelBuilder", "done")]
+    assert manifest["config"]["passes"]["lora"]["double_quant"] is True
+    assert list(manifest["metrics"]) == ["input", "lora", "merge", "int4"]
+    assert "tunecell-summary" in outputs_of(nb.cells[-1], "text/html")
+
+
+# ======================================================================================= as committed
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_committed_notebooks_are_stripped(name: str) -> None:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+            assert not set(cell.metadata) - {"tags"}, cell.metadata  # no execution timings, no collapsed/scrolled
+    parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == (0 if name == "olive-config.ipynb" else 1)
+    for cell in parameters:
+        compile(cell.source, "parameters", "exec")  # plain Python assignments, as papermill expects
