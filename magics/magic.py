@@ -34,6 +34,8 @@ def _add_workflow_arguments(func, name: str):
         argument("--target", help="where to run: local, or the name of a system in the config"),
         argument("--dry-run", action="store_true", help="validate, show the plan and notes; run nothing"),
         argument("--preview", action="store_true", help="show the training samples as the model will see them"),
+        argument("--form", action="store_true",
+                 help="edit the config in a form (YAML, plan and cost beside it); Apply rewrites this cell"),
         argument("--export", metavar="FILE", help="write the normalised config (.json Olive-style, .yaml) and stop"),
         argument("--background", action="store_true",
                  help="return at once with a handle; progress keeps updating; Cancel stops the run"),
@@ -108,7 +110,12 @@ class TuneCell(Magics):
         words = shlex.split(line)
         if not words or words[0] not in SUBCOMMANDS:
             raise UsageError(f"usage: %tunecell {' | '.join(SUBCOMMANDS)}")
-        return getattr(self, f"_cmd_{words[0]}")(*words[1:])
+        from tunecell.errors import TunecellError
+
+        try:
+            return getattr(self, f"_cmd_{words[0]}")(*words[1:])
+        except TunecellError as e:  # an AzureML job that cannot be reached, say: what to fix, no traceback
+            raise UsageError(str(e)) from None
 
     # ---------------------------------------------------------------------------------------- the work
     def _workflow(self, magic: Any, line: str, cell: str) -> Any:
@@ -116,6 +123,8 @@ class TuneCell(Magics):
 
         args = parse_argstring(magic, line)
         try:
+            if args.form:
+                return self._form(magic.__name__, args, line, cell)
             config, start_from = self._config(args, cell)
             if args.export:
                 print(f"wrote {_export(config, args.export)}")
@@ -142,6 +151,22 @@ class TuneCell(Magics):
             raise UsageError(f"{e}\n(for the full traceback: %config TuneCell.short_errors = False)") from None
         except TunecellError as e:  # a config, data or model error (ModelNotFound ...): what to fix, no traceback
             raise UsageError(str(e)) from None
+
+    def _form(self, name: str, args: Any, line: str, cell: str) -> Any:
+        """%%finetune --form: the config form over the body (laid over -f FILE / --from NAME); Apply rewrites this
+        cell with the form's YAML and the line without --form (tunecell.widgets.form.cell_form)."""
+        from tunecell.widgets.form import cell_form
+
+        base: Any = args.file
+        if args.from_:
+            base = base or self._result_named(args.from_).config
+        if not cell.strip() and base is None:
+            raise UsageError("the cell has no config: write one in the body, or give -f FILE or --from NAME")
+        overrides = list(args.set)
+        if args.target:
+            overrides += ["host=null", "target=null"] if args.target == "local" else \
+                [f"host={args.target}", f"target={args.target}"]
+        return cell_form(self.shell, name, line, cell, base=base, overrides=overrides)
 
     def _config(self, args: Any, cell: str) -> tuple[Any, Any]:
         from tunecell.config import load_config
@@ -215,13 +240,14 @@ class TuneCell(Magics):
         from IPython.display import display
 
         from tunecell.azureml import submit
+        from tunecell.runner.dispatch import follow_remote
 
         if kwargs.get("start_from") is not None:
             raise UsageError("--from is not supported on an AzureML target yet")
         handle = submit(config, subscribers=kwargs["subscribers"], progress=kwargs["progress"])
         self.runs[handle.run_id] = handle
         display(handle)
-        return lambda _config, stop=None, **_: handle.follow(stop=stop)
+        return lambda _config, stop=None, **_: follow_remote(handle, stop)
 
     def _progress_mode(self) -> str:
         if self.progress != "auto":
@@ -316,7 +342,7 @@ class TuneCell(Magics):
 
         value = self._run_or_job(run_id)
         if not hasattr(value, "follow"):
-            raise UsageError(f"run {value.run_id} is not an AzureML job")
+            raise UsageError(f"run {value.run_id} is not an AzureML job left to follow ({value.status})")
         subscribers, mode = [], self._progress_mode()
         if mode == "widgets":
             from tunecell.widgets.progress import RunProgress

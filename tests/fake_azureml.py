@@ -12,6 +12,7 @@ What the fake does:
   appends that step's lines to its std_log. At Completed or Failed, ``fake.outputs`` (path -> bytes) appear as the
   job's output_dir on the default datastore; a Failed job carries ``fake.error`` in its run details;
 - ``fake.inject(method, pattern, status)`` answers the next matching requests with an error (a 503 to retry);
+- blob GETs honour ``Range: bytes=N-`` (206, or 416 past the end), as Azure Storage does;
 - every request is kept in ``fake.requests`` (method, url, headers, body) so a test can grep all of them.
 """
 from __future__ import annotations
@@ -89,6 +90,7 @@ class FakeAzureML:
         self.requests: list[dict[str, Any]] = []
         self.log: list[tuple[str, str, str, str]] = []
         self._faults: list[list] = []  # [method, regex, status, times left]
+        self.faults_served = 0
         self.lock = threading.RLock()
 
     # ---------------------------------------------------------------------------------------------- helpers
@@ -133,6 +135,7 @@ class FakeAzureML:
             for fault in self._faults:
                 if fault[3] > 0 and fault[0] == method and fault[1].search(u.path):
                     fault[3] -= 1
+                    self.faults_served += 1
                     return fault[2], {"error": {"code": "ServiceUnavailable", "message": "try again"}}, \
                         {"Retry-After": "0"}
             js = None
@@ -141,11 +144,11 @@ class FakeAzureML:
                     js = json.loads(body)
                 except ValueError:
                     js = None
-            return self._route(method, u.netloc, u.path, q, body, js)
+            return self._route(method, u.netloc, u.path, q, body, js, headers)
 
-    def _route(self, method, host, path, q, body, js):
+    def _route(self, method, host, path, q, body, js, headers):
         if host == BLOB_HOST:
-            return self._blob(method, path.lstrip("/"), q, body)
+            return self._blob(method, path.lstrip("/"), q, body, headers)
         if host == ARM and path == "/discovery":
             api = f"https://{API}"
             return 200, {"api": api, "catalog": api, "experimentation": api, "history": api}, {}
@@ -312,7 +315,7 @@ class FakeAzureML:
         return self._err(404, "NoRoute", f"the fake has no run history route for {method} {path}")
 
     # ------------------------------------------------------------------------------------------------- blobs
-    def _blob(self, method, key, q, body):
+    def _blob(self, method, key, q, body, headers):
         stamp = {"ETag": '"0x1"', "Last-Modified": DATE}
         if method == "PUT":
             comp = q.get("comp")
@@ -329,9 +332,15 @@ class FakeAzureML:
             if key not in self.blobs:
                 return 404, b"", {"x-ms-error-code": "BlobNotFound"}
             data = self.blobs[key]
-            headers = {**stamp, "Content-Length": str(len(data)), "x-ms-blob-type": "BlockBlob",
-                       "Content-Range": f"bytes 0-{max(len(data) - 1, 0)}/{len(data)}"}
-            return 200, (b"" if method == "HEAD" else data), headers
+            wanted = re.fullmatch(r"bytes=(\d+)-", headers.get("Range") or "")
+            if wanted and method == "GET":  # a plain ranged read (the SDK's own downloads use x-ms-range)
+                start = int(wanted.group(1))
+                if start >= len(data):
+                    return 416, b"", {"x-ms-error-code": "InvalidRange"}
+                return 206, data[start:], {**stamp, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+            answer = {**stamp, "Content-Length": str(len(data)), "x-ms-blob-type": "BlockBlob",
+                      "Content-Range": f"bytes 0-{max(len(data) - 1, 0)}/{len(data)}"}
+            return 200, (b"" if method == "HEAD" else data), answer
         if method == "GET" and q.get("comp") == "list":
             container, prefix = key.split("/")[0], q.get("prefix", "")
             names = sorted(k.split("/", 1)[1] for k in self.blobs

@@ -610,7 +610,7 @@ def test_generate_from_a_run_result_and_from_a_path(ip: InteractiveShell, ft: Ru
     message = short_usage_error(*run(ip, "%%generate --model nowhere", "hi"))
     assert "--model nowhere" in message
     with pytest.raises(UsageError, match="produced no model"):
-        ip.user_ns["no_model"] = replace(ft, artifacts={}, run_id="x")
+        ip.user_ns["no_model"] = replace(ft, artifacts={}, final=None, run_id="x")
         ip.run_cell_magic("generate", "--model no_model", "hi")
 
 

@@ -13,6 +13,9 @@ __all__ = ["preview", "PreviewWidget", "StaticPreview"]
 # replace the chat() function below with the module.
 _LAZY_RUN = {"RunProgress": "progress", "static_summary": "progress", "Chat": "chat_widget"}
 __all__ += ["RunProgress", "static_summary", "chat", "Chat"]
+# the config form (form.py): config_form() below, the class on first use
+_LAZY_RUN["ConfigForm"] = "form"
+__all__ += ["config_form", "ConfigForm"]
 
 
 def __getattr__(name: str) -> Any:
@@ -38,3 +41,9 @@ def chat(model: Any, **kwargs: Any) -> Any:
     """See tunecell.widgets.chat_widget.chat: a chat widget over a loaded model, a model folder or a RunResult."""
     from .chat_widget import chat as _chat
     return _chat(model, **kwargs)
+
+
+def config_form(config_or_text: Any, namespace: Any = None, on_apply: Any = None, **kwargs: Any) -> Any:
+    """See tunecell.widgets.form.config_form: a form over a config, with its YAML, plan and cost estimate."""
+    from .form import config_form as _config_form
+    return _config_form(config_or_text, namespace, on_apply, **kwargs)

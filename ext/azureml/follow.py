@@ -2,12 +2,13 @@
 its manifest, read back into a RunResult that looks like a local run's.
 
 The log tail uses the SDK's own helpers (the ones ``jobs.stream`` loops over): the run details from run history,
-the log files listed in the job's artifact store (or the run details' log URLs), and their text through the
-client's pipeline with retries. They are private, so each poll that fails says why once and the follow goes on:
-the event stream is replayed from output_dir/events.jsonl at the end in any case.
+the log files listed in the job's artifact store (or the run details' log URLs), and the client's pipeline with
+retries, asking each time only for the bytes after those already read. They are private: when a poll fails, the
+follow says why once and goes on without the log; the events are replayed from output_dir/events.jsonl at the end.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -29,13 +30,12 @@ class LogTail:
         self.details: Any = None  # the last RunDetails (status, error, log URLs)
         self._store: Optional[tuple[dict, str]] = None  # (datastore info, prefix) of the job's artifact store
         self._store_checked = False
-        self._offsets: dict[str, int] = {}
+        self._offsets: dict[str, int] = {}  # bytes read of each log
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a read may end mid-character
         self._partial = ""
         self._pipeline: Any = None
 
     def poll(self, job: Any = None) -> list[str]:
-        from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry, download_text_from_url
-
         runs = self.ml.jobs._runs_operations
         self.details = runs.get_run_details(self.job_name)
         if not self._store_checked and job is not None:
@@ -50,18 +50,34 @@ class LogTail:
         names = sorted(n for n in logs if STREAM_LOG.search(n)) or sorted(n for n in logs if LEGACY_LOG.search(n))
         if not names:
             return []
-        name = names[0]
-        if self._pipeline is None:
-            self._pipeline = create_requests_pipeline_with_retry(requests_pipeline=self.ml.jobs._requests_pipeline)
-        text = download_text_from_url(logs[name], self._pipeline, timeout=60) or ""
-        start = self._offsets.get(name, 0)
-        if len(text) < start:  # the file was replaced: read it again from the start
-            start = 0
-        self._offsets[name] = len(text)
-        chunk = self._partial + text[start:]
+        chunk = self._partial + self._read_from(names[0], logs[names[0]])
         lines = chunk.split("\n")
         self._partial = lines.pop()
         return [line.rstrip("\r") for line in lines]
+
+    def _read_from(self, name: str, url: str) -> str:
+        """What the log gained since the last poll: a ranged GET (a training log grows to megabytes)."""
+        if self._pipeline is None:
+            from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry
+
+            self._pipeline = create_requests_pipeline_with_retry(requests_pipeline=self.ml.jobs._requests_pipeline)
+        offset = self._offsets.get(name, 0)
+        response = self._pipeline.get(url, headers={"Range": f"bytes={offset}-"} if offset else None,
+                                      read_timeout=60, connection_timeout=30)
+        status = response.status_code
+        if status in (404, 416):  # not written yet; nothing new
+            return ""
+        if status not in (200, 206):
+            raise RuntimeError(f"reading the log answered HTTP {status}")
+        data = response.body()
+        if status == 200:  # the whole file: the range was ignored, or the file was replaced by a shorter one
+            if len(data) >= offset:
+                data = data[offset:]
+            else:
+                self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                offset = 0
+        self._offsets[name] = offset + len(data)
+        return self._decoder.decode(data)
 
     def flush(self) -> list[str]:
         rest, self._partial = self._partial, ""
@@ -90,25 +106,40 @@ class LogTail:
         return f"{code}: {message}" if code else str(message)
 
 
-def download_outputs(ml: Any, job_name: str, output: str, dest: Path, work: Path) -> Path:
-    """The job's ``output`` folder into ``dest``: downloaded under ``work`` first, then each top-level entry renamed
-    into place (a local run also replaces only model/, adapter/ and manifest.json, keeping the rest)."""
+def fetch_outputs(ml: Any, job_name: str, output: str, work: Path) -> Path:
+    """The job's ``output`` folder, downloaded under ``work``; returns where it landed."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ml.jobs.download(job_name, output_name=output, download_path=str(work))
     source = work / "named-outputs" / output
     if not source.is_dir():
         raise FileNotFoundError(f"the job left no {output} folder")
+    return source
+
+
+def move_into(source: Path, dest: Path) -> Path:
+    """Each top-level entry of ``source`` put into ``dest``, replacing the one there (a local run also replaces
+    only model/, adapter/ and manifest.json, keeping the rest). Each entry is staged next to its target first (a
+    copy when the download is on another file system), then swapped in by renames."""
     dest.mkdir(parents=True, exist_ok=True)
-    trash = work / "replaced"
-    trash.mkdir()
     for entry in sorted(source.iterdir()):
         target = dest / entry.name
+        staged, old = dest / f".{entry.name}.tunecell-new", dest / f".{entry.name}.tunecell-old"
+        for leftover in (staged, old):
+            _remove(leftover)
+        shutil.move(str(entry), str(staged))
         if target.exists() or target.is_symlink():
-            os.replace(target, trash / entry.name)
-        os.replace(entry, target)
-    shutil.rmtree(work, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(staged, target)
+        _remove(old)
     return dest
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def result_from_manifest(manifest_path: Path, run_id: str, output_dir: Path, *, config: Any, logs: list[str],

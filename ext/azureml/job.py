@@ -5,8 +5,10 @@ What is sent (``build_job``):
   compute) and ``config.json``, the normalised config with every data file and model the job reads replaced by an
   ``${{inputs.NAME}}`` placeholder, host/target turned into a local system with the same accelerators, and no
   cache_dir, output_dir nor azureml_client.
-- inputs: local files and folders (uploaded by the SDK with the job), ``azureml://datastores/...`` paths and
-  ``azureml_datastore`` resources (mounted), an ``azureml_registry_model`` (a custom_model input).
+- inputs: local files and folders (uploaded by the SDK with the job, once: it skips what the datastore holds),
+  ``azureml://datastores/...`` paths and ``azureml_datastore`` resources (mounted), an ``azureml_registry_model``
+  (a custom_model input). A model named by its hub id is sent from where this machine has it (the HF cache, or the
+  embedded SmolLM2 GGUF): tunecell's resolver never reaches the hub, here or in the job.
 - outputs: ``output_dir`` (uri_folder): the models, manifest.json and events.jsonl.
 - command: ``python -m tunecell.azureml.remote --input NAME=${{inputs.NAME}} ... -- run --config config.json
   --events ${{outputs.output_dir}}/events.jsonl --events - --progress none --set output_dir=${{outputs.output_dir}}``:
@@ -34,7 +36,7 @@ from typing import Any, Optional, Union
 
 from ..config import schema
 from ..config.export import minimal_dict
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelNotFound
 
 OUTPUT = "output_dir"
 CONFIG_NAME = "config.json"
@@ -44,6 +46,7 @@ DEFAULT_IMAGES = {"gpu": "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8
 # what the job itself needs on top of tunecell's stack: torch (installed apart from the extras, see README) and,
 # when hf_token is set, what reads the Key Vault
 JOB_EXTRAS = ("torch",)
+NOTEBOOK_ONLY = {"ipython", "ipywidgets"}
 KEYVAULT_PACKAGES = ("azure-identity>=1.15", "azure-keyvault-secrets>=4.7")
 _GLOB = re.compile(r"[*?\[]")
 _VAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
@@ -74,7 +77,7 @@ def build_job(config: schema.WorkflowConfig, *, system: Optional[str] = None, na
               code_dir: Optional[Union[str, Path]] = None, keyvault_name: Optional[str] = None) -> JobSpec:
     """The command job for ``config`` (see the module doc). Builds offline: no request is made.
 
-    ``system``: the AzureML system's name (default: the host, else the target). ``code_dir``: where the code
+    ``system``: the AzureML system's name (default: the host's, else the target's). ``code_dir``: where the code
     folder is staged (default: <cache_dir>/azureml/<name>/code). ``keyvault_name``: the vault holding the
     ``hf-token`` secret when hf_token is true (submit() passes the workspace's own).
     """
@@ -83,10 +86,14 @@ def build_job(config: schema.WorkflowConfig, *, system: Optional[str] = None, na
     require_sdk()
     from azure.ai.ml import Output, PyTorchDistribution, command
 
-    system = system or config.host or config.target
+    from ..runner.dispatch import remote_system
+
+    system = system or remote_system(config)
     aml = config.systems.get(system or "")
     if not isinstance(aml, schema.AzureMLSystem):
-        raise ConfigError(f"{system!r} is not an AzureML system", path=("host",))
+        what = f"system {system!r} is not" if system else "neither host nor target names"
+        raise ConfigError(f"{what} an AzureML system", path=("host",),
+                          hint="set host (or --target) to a system of type AzureML")
     check_vault_name(aml, system)
     name = name or new_job_name()
     inputs = _Inputs(config)
@@ -130,8 +137,12 @@ def remote_config(config: schema.WorkflowConfig, system: str, inputs: "_Inputs")
             "model", "custom_model", f"azureml://registries/{m.registry_name}/models/{m.name}/versions/{m.version}")
     else:
         local = inputs.local_path(model.model_path)
-        if local is not None:
-            data["input_model"]["model_path"] = inputs.add_local("model", local)
+        gguf_file = model.gguf_file
+        if local is None:  # the job resolves models as this machine does, without the hub: send the weights
+            local, gguf_file = local_weights(model)
+        data["input_model"]["model_path"] = inputs.add_local("model", local)
+        if gguf_file is None:
+            data["input_model"].pop("gguf_file", None)
     if model.adapter_path:
         local = inputs.local_path(model.adapter_path)
         if local is not None:
@@ -148,6 +159,30 @@ def remote_config(config: schema.WorkflowConfig, system: str, inputs: "_Inputs")
 
     load_config(data)
     return data
+
+
+def local_weights(model: schema.InputModel) -> tuple[Path, Optional[str]]:
+    """Where this machine keeps a model named by its hub id: (the HF cache snapshot, gguf_file) or (the embedded
+    SmolLM2 .gguf, None). Never the network, never a conversion: the job converts a GGUF itself."""
+    from ..models.resolve import EMBEDDED_NAMES, EMBEDDED_REPO_ID, _embedded_gguf, _hf_cache_snapshot
+
+    spec = model.model_path
+    repo_ids = [spec] + ([EMBEDDED_REPO_ID] if spec.lower() in EMBEDDED_NAMES and spec != EMBEDDED_REPO_ID else [])
+    for repo_id in repo_ids:
+        try:
+            snapshot = _hf_cache_snapshot(repo_id, model.gguf_file or "config.json", model.load_kwargs.revision)
+        except ImportError:  # no huggingface_hub here: no cache to look in
+            snapshot = None
+        if snapshot is not None:
+            return snapshot, model.gguf_file
+    if spec.lower() in EMBEDDED_NAMES and not model.gguf_file:
+        embedded = _embedded_gguf()
+        if embedded is not None:
+            return embedded, None
+    raise ModelNotFound(f"model {spec!r} is neither a local folder or .gguf file, nor in the local Hugging Face cache, "
+                        "so it cannot be sent with the job (the job reaches no hub either)\n  hint: download it "
+                        "here first, or use an AzureML registry model: {type: azureml_registry_model, registry_name, "
+                        "name, version}")
 
 
 class _Inputs:
@@ -314,23 +349,36 @@ def _environment(config: schema.WorkflowConfig, aml: schema.AzureMLSystem, syste
     docker = aml.aml_docker_config
     image = docker.base_image if docker else DEFAULT_IMAGES[device]
     conda_path = config.resolve(docker.conda_file_path) if docker and docker.conda_file_path else None
-    conda = conda_spec(conda_path, job_requirements(device, bool(aml.hf_token)), system)
+    spec = _read_conda(conda_path, system)
+    python = next((re.sub(r"^python\s*=*\s*", "", d) for d in spec.get("dependencies", [])
+                   if isinstance(d, str) and _name(d) == "python"), None)
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    # this machine's versions only fit the job's Python if it is the same minor version
+    pin = python is None or python == here or python.startswith(here + ".")
+    conda = conda_spec(spec, job_requirements(device, bool(aml.hf_token), pin=pin))
     where = f" + {conda_path.name}" if conda_path else ""
     return Environment(image=image, conda_file=conda), f"{image}{where} + tunecell's {device} stack"
 
 
-def conda_spec(path: Optional[Path], requirements: list[str], system: str = "") -> dict[str, Any]:
-    """The user's conda file (or a minimal one) with ``requirements`` added to its pip list; a package the file
-    already names keeps the user's line."""
+def _read_conda(path: Optional[Path], system: str) -> dict[str, Any]:
     import yaml
 
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"aml_docker_config.conda_file_path: {path} does not exist",
-                              path=("systems", system, "aml_docker_config", "conda_file_path"))
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    else:
-        spec = {"name": "tunecell", "channels": ["conda-forge"]}
+    if path is None:
+        return {"name": "tunecell", "channels": ["conda-forge"], "dependencies": []}
+    if not path.is_file():
+        raise ConfigError(f"aml_docker_config.conda_file_path: {path} does not exist",
+                          path=("systems", system, "aml_docker_config", "conda_file_path"))
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.setdefault("dependencies", []), list):
+        raise ConfigError(f"aml_docker_config.conda_file_path: {path} is not a conda environment file "
+                          "(a mapping with a dependencies list)",
+                          path=("systems", system, "aml_docker_config", "conda_file_path"))
+    return spec
+
+
+def conda_spec(spec: dict[str, Any], requirements: list[str]) -> dict[str, Any]:
+    """The conda environment ``spec`` with ``requirements`` added to its pip list (and python and pip when it
+    lacks them); a package the file already names keeps the user's line."""
     deps = spec.setdefault("dependencies", [])
     names = {_name(d) for d in deps if isinstance(d, str)}
     if "python" not in names:
@@ -346,14 +394,19 @@ def conda_spec(path: Optional[Path], requirements: list[str], system: str = "") 
     return spec
 
 
-def job_requirements(device: str, keyvault: bool) -> list[str]:
-    """tunecell's dependencies with the extra for ``device`` (gpu or cpu), plus torch: each pinned to the version
-    installed here if there is one (the job runs what was validated here), else as tunecell declares it."""
+def job_requirements(device: str, keyvault: bool, pin: bool = True) -> list[str]:
+    """tunecell's dependencies with the extra for ``device`` (gpu or cpu), plus torch, less the notebook's own
+    (IPython, ipywidgets): with ``pin``, each at the version installed here if there is one (the job runs what was
+    validated here), else as tunecell declares it."""
     wanted: dict[str, str] = {}
     for requirement in _requirements({"", "gpu" if device == "gpu" else "cpu"}) + list(JOB_EXTRAS):
-        wanted.setdefault(_name(requirement), requirement)
+        if _name(requirement) not in NOTEBOOK_ONLY:
+            wanted.setdefault(_name(requirement), requirement)
     out = []
     for name, requirement in wanted.items():
+        if not pin:
+            out.append(requirement)
+            continue
         try:
             version = metadata.version(name).split("+")[0]
             out.append(f"{name}=={version}")

@@ -17,6 +17,7 @@ import html
 import io
 import json
 import re
+import shutil
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ from ..events import Event, EventBus, Log, RunFinished, RunStarted, Subscriber
 from ..runner.history import record_run, recorded_runs
 from ..runner.result import RunResult
 from . import client as aml_client
-from .follow import LogTail, download_outputs, result_from_manifest
+from .follow import LogTail, fetch_outputs, move_into, result_from_manifest
 from .job import OUTPUT, build_job
 
 TERMINAL = ("Completed", "Failed", "Canceled", "NotResponding", "Paused")
@@ -64,7 +65,7 @@ class AzureMLRun:
         self._tail: Optional[LogTail] = None
         self._tail_broken = False
         self._cancel_requested = False
-        self._remote_finished: Optional[RunFinished] = None
+        self._following = threading.Lock()
 
     @property
     def run_id(self) -> str:
@@ -112,6 +113,15 @@ class AzureMLRun:
         """Watch the job to its end; returns its RunResult (see the module doc for stop and interrupts)."""
         if self.result is not None:
             return self.result
+        if not self._following.acquire(blocking=False):
+            raise TunecellError(f"AzureML job {self.job_name} is already being followed (a background cell?)")
+        try:
+            return self._follow(subscribers, progress, stop, poll_interval)
+        finally:
+            self._following.release()
+
+    def _follow(self, subscribers: Iterable[Subscriber], progress: Optional[str], stop: Optional[threading.Event],
+                poll_interval: Optional[float]) -> RunResult:
         for subscriber in subscribers:
             self.bus.subscribe(subscriber)
         if progress == "text":
@@ -195,7 +205,6 @@ class AzureMLRun:
 
     def _emit_remote(self, event: Event) -> None:
         if isinstance(event, RunFinished):  # the local one follows, with the downloaded manifest's path
-            self._remote_finished = event
             return
         if isinstance(event, RunStarted):
             event = replace(event, run_id=self.job_name)
@@ -207,26 +216,30 @@ class AzureMLRun:
         error = self._tail.error() if self._tail is not None else None
         if error is None and status != "Completed":
             error = self._run_error()
+        job_dir = self.cache_dir / "azureml" / self.job_name
         manifest, where = None, None
         if status in ("Completed", "Failed"):
-            # a successful run's outputs replace output_dir's; a failed run's go aside, so nothing local is lost
-            where = self.output_dir if status == "Completed" else self.cache_dir / "azureml" / self.job_name / "outputs"
             try:
-                download_outputs(self.ml, self.job_name, OUTPUT, where,
-                                 self.cache_dir / "azureml" / self.job_name / "download")
-                manifest = where / "manifest.json" if (where / "manifest.json").is_file() else None
+                fetched = fetch_outputs(self.ml, self.job_name, OUTPUT, job_dir / "download")
             except Exception as e:
-                level = "error" if status == "Completed" else "warning"
+                fetched = None
                 self.bus.log(f"cannot download the job's outputs: {type(e).__name__}: {aml_client._first_line(e)}",
-                             level)
-            if where is not None and (where / "events.jsonl").is_file():
-                self._replay(where / "events.jsonl")
+                             "error" if status == "Completed" else "warning")
+            if fetched is not None:
+                # into output_dir when the run went through (goals missed included, as locally); a failed run's
+                # outputs go aside, so what output_dir holds is not lost
+                where = self.output_dir if _went_through(status, fetched / "manifest.json") else job_dir / "outputs"
+                move_into(fetched, where)
+                shutil.rmtree(job_dir / "download", ignore_errors=True)
+                manifest = where / "manifest.json" if (where / "manifest.json").is_file() else None
+                if (where / "events.jsonl").is_file():
+                    self._replay(where / "events.jsonl")
         if manifest is not None:
             result = result_from_manifest(manifest, self.job_name, where, config=self.config, logs=[],
                                           duration_s=duration)
             if status != "Completed" and result.status == "succeeded":
                 result.status = "failed"
-            if result.status != "succeeded" and not result.error:
+            if result.status != "succeeded" and not result.error and not result.failed_goals:
                 result.error = error or f"AzureML job {self.job_name} ended {status}"
         else:
             result = RunResult(self.job_name, "succeeded" if status == "Completed" else "failed", [], {}, {}, "",
@@ -237,7 +250,7 @@ class AzureMLRun:
                 result.error = error or f"AzureML job {self.job_name} ended {status}"
             else:
                 result.status, result.error = "failed", f"AzureML job {self.job_name} completed without a manifest"
-        if result.error and status != "Completed":
+        if result.error:
             self.bus.log(result.error if status == "Canceled" else f"the AzureML job failed: {result.error}", "error")
         self.bus.emit(RunFinished(result.status, str(result.manifest_path) if result.manifest_path else None,
                                   result.duration_s))
@@ -406,6 +419,18 @@ def _saved_config(path: Optional[str]) -> Optional[schema.WorkflowConfig]:
         return load_config(json.loads(Path(path).read_text(encoding="utf-8")))
     except (TunecellError, ValueError):
         return None
+
+
+def _went_through(status: str, manifest: Path) -> bool:
+    """Completed, or failed only because goals were missed (no pass failed): a local run publishes those too."""
+    if status == "Completed":
+        return True
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(data.get("failed_goals")) and not data.get("error") and \
+        not any(p.get("status") == "failed" for p in data.get("passes", []))
 
 
 def _status(job: Any) -> str:
