@@ -3,15 +3,16 @@
 Builds the tiny random Phi-3 (tests/tinymodel.py) and a LoRA config on example_notebooks/data/tones.jsonl in a temp
 folder, then:
 
-1. ``tunecell.estimate.calibrate``: a few real forward/backward/optimizer steps at the configured batch size and
-   sequence length (timed), stored in the cache folder;
-2. ``tunecell.estimate.estimate``: tokens the run will process x calibrated seconds per token;
+1. ``tunecell.estimate.calibrate``: a short training run of the model as the LoRA pass trains it (a few steps at
+   the configured batch size and sequence length, timed), stored in the cache folder;
+2. ``tunecell.estimate.estimate``: overhead + tokens the run will process x calibrated seconds per token;
 3. a real run (``tunecell.runner.run``): the LoRA pass's measured train_runtime_s and tokens;
 4. ``tunecell.estimate.record_run``: the measured rate is stored, and the estimate for a second, longer run (from
    the measured rate) is checked against that run too.
 
 Target: each estimate within 30% of the measured time. A benchmark, not a unit test: the numbers depend on the
 machine and its load. Run: python bench/bench_estimate.py [--steps 60] [--batch 8] [--max-seq-len 64]
+[--threads 1]
 """
 from __future__ import annotations
 
@@ -58,7 +59,13 @@ def main() -> int:
     parser.add_argument("--max-seq-len", type=int, default=64)
     parser.add_argument("--strategy", default="line-by-line", choices=["line-by-line", "join"])
     parser.add_argument("--calibration-steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for calibration and runs alike (1 is steadier on a loaded machine)")
     options = parser.parse_args()
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
 
     with tempfile.TemporaryDirectory(prefix="tunecell-bench-estimate-") as tmp:
         tmp_path = Path(tmp)
@@ -104,9 +111,9 @@ def main() -> int:
     rows = [row(f"{options.steps} steps, calibrated", est1, stats1),
             row(f"{options.steps * 2} steps, from the measured run", est2, stats2)]
     report = {"machine": machine(), "load_average": os.getloadavg(),
-              "calibration": {"micro_batches": cal.micro_batches, "seconds": round(cal.seconds, 3),
+              "calibration": {"steps": cal.steps, "seconds": round(cal.seconds, 3),
                               "wall_s_including_model_load": round(calibration_s, 2),
-                              "ms_per_token": round(cal.s_per_token * 1e3, 4)},
+                              "ms_per_token": round(cal.s_per_token * 1e3, 4), "overhead_s": round(cal.overhead_s, 3)},
               "estimate_vs_measured": rows,
               "record_run": [c.describe() for c in comparisons]}
     print(json.dumps(report, indent=2, default=str))

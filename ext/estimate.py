@@ -8,11 +8,12 @@ Everything here is a plain function of the config (no widgets); the config form 
   module.
 - Tokens come from the data with the tokenizer only, through the data pipeline's own functions (load_rows,
   split_rows, render, encode, sequences): the counts equal what training will see (DataStats).
-- Time is calibrated seconds per token times the tokens the run will process. ``calibrate()`` measures a few real
-  forward/backward/optimizer steps of the actual model with LoRA, at the configured batch size and sequence length,
-  on batches of the real data; the result is cached as JSON in the cache folder, per model architecture and
-  machine. After a run, ``record_run()`` stores the measured seconds per token (the LoRA pass's train_runtime_s and
-  tokens), which then takes precedence: the estimate improves with every run.
+- Time is an overhead plus calibrated seconds per token times the tokens the run will process. ``calibrate()``
+  times a short training run of the actual model as the LoRA pass trains it (same loading, adapter, Trainer and
+  collator, the configured batch size and sequence length, the real data); the result is cached as JSON in the
+  cache folder, per model architecture and machine. After a run, ``record_run()`` (or ``learn_from_runs()``, which
+  reads the runs recorded in the cache folder) stores the measured time and tokens of the LoRA pass
+  (train_runtime_s, tokens), which then take precedence: the estimate improves with every run.
 - Peak memory and the ONNX size are estimates from the shapes (formulas below); adapter and merged sizes are exact up
   to file headers.
 """
@@ -23,7 +24,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import statistics
 import time
@@ -306,7 +306,9 @@ class Steps:
     steps: int  # optimizer steps (trainer.state.max_steps)
     micro_batches: int  # forward/backward passes
     epochs: float  # passes over the training set (fractional with max_steps)
-    sequences_seen: int
+    sequences_seen: int  # sequences trained on
+    sequences_collated: int  # what the collator sees: one more batch when training stops inside an epoch
+
 
 
 def training_steps(sequences: int, batch_size: int, grad_accum: int = 1, max_steps: int = -1,
@@ -315,7 +317,7 @@ def training_steps(sequences: int, batch_size: int, grad_accum: int = 1, max_ste
     batches = sequences // batch_size if drop_last else math.ceil(sequences / batch_size)
     batches = max(batches, 0)
     if batches == 0:
-        return Steps(0, 0, 0.0, 0)
+        return Steps(0, 0, 0.0, 0, 0)
     per_epoch = max(batches // grad_accum + int(batches % grad_accum > 0), 1)
     total = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
     full, rest = divmod(total, per_epoch)
@@ -323,7 +325,11 @@ def training_steps(sequences: int, batch_size: int, grad_accum: int = 1, max_ste
     whole, part = divmod(micro, batches)  # epochs completed, micro-batches into the next one (never its last)
     per_epoch_seqs = batches * batch_size if drop_last else sequences
     seen = whole * per_epoch_seqs + part * batch_size
-    return Steps(total, micro, micro / batches, seen)
+    # accelerate's dataloader fetches one batch ahead (to know which batch is the last): stopping inside an epoch,
+    # one batch more has been collated (and counted in the run's tokens) than trained on
+    last = batch_size if drop_last else sequences - (batches - 1) * batch_size
+    lookahead = 0 if not part else batch_size if part < batches - 1 else last
+    return Steps(total, micro, micro / batches, seen, seen + lookahead)
 
 
 # ================================================================================================== the machine
@@ -397,13 +403,17 @@ def _update(path: Path, change) -> dict[str, Any]:
 
 @dataclass
 class Rate:
-    """Seconds per token for one shape, and where it comes from."""
+    """How long training takes for one shape: overhead_s + s_per_token x tokens, and where that comes from."""
 
     s_per_token: float
+    overhead_s: float
     source: str  # "measured" (runs) | "calibration"
     exact: bool  # calibrated or measured for this very shape (else: the nearest one)
     detail: str
     peak_memory_bytes: Optional[int] = None
+
+    def seconds(self, tokens: int) -> float:
+        return self.overhead_s + self.s_per_token * tokens
 
 
 def lookup_rate(cache_dir: Union[str, Path], model_key: str, shape: dict[str, Any],
@@ -420,15 +430,18 @@ def lookup_rate(cache_dir: Union[str, Path], model_key: str, shape: dict[str, An
         measured = entry.get("measured") or []
         cal = entry.get("calibration")
         peak = (cal or {}).get("peak_memory_bytes")
+        overhead = float((cal or {}).get("overhead_s", 0.0))
         s = entry["shape"]
         where = "" if exact else f" (nearest shape: batch {s['batch']}, max_seq_len {s['max_seq_len']})"
-        if measured:
-            values = [m["s_per_token"] for m in measured]
-            return Rate(statistics.median(values), "measured", exact,
-                        f"median of {len(values)} measured run{'s' * (len(values) > 1)}{where}", peak)
+        if measured:  # a measured run's time beyond the calibrated overhead, per token
+            net = [(m["seconds"] - overhead) / m["tokens"] for m in measured if m["seconds"] > overhead]
+            if len(net) < len(measured):  # runs shorter than the overhead: the overhead was measured under load
+                net, overhead = [m["seconds"] / m["tokens"] for m in measured], 0.0
+            return Rate(statistics.median(net), overhead, "measured", exact,
+                        f"median of {len(net)} measured run{'s' * (len(net) > 1)}{where}", peak)
         if cal:
-            return Rate(cal["s_per_token"], "calibration", exact,
-                        f"calibrated {cal.get('at', '')[:16]} over {cal.get('micro_batches', '?')} steps{where}", peak)
+            return Rate(cal["s_per_token"], overhead, "calibration", exact,
+                        f"calibrated {cal.get('at', '')[:16]} over {cal.get('steps', '?')} steps{where}", peak)
         return None
 
     if key in shapes:
@@ -483,9 +496,10 @@ class Estimate:
     eval_rows: Optional[int] = None
     steps: Optional[int] = None
     epochs: Optional[float] = None
-    tokens: Optional[int] = None  # tokens the whole training processes, counted as the run counts them
+    tokens: Optional[int] = None  # tokens of the whole training, as the run counts them (Collator.tokens)
     seconds: Optional[float] = None
     s_per_token: Optional[float] = None
+    overhead_s: Optional[float] = None  # start-up, warm-up and saving, on top of s_per_token x tokens
     time_source: Optional[str] = None
     peak_memory_bytes: Optional[int] = None
     peak_memory_source: str = "estimate"
@@ -513,8 +527,9 @@ class Estimate:
             out.append(("steps", f"{self.steps:,} ({self.epochs:.2f} epochs)" if self.steps is not None else "?"))
             time_text = human_seconds(self.seconds) if self.seconds is not None else "not calibrated"
             if self.seconds is not None:
-                time_text += f" ({self.tokens:,} tokens × {self.s_per_token * 1e3:.3g} ms/token; {self.time_source})"
-            out.append(("training time", time_text))
+                time_text += (f" ({self.overhead_s:.3g} s + {self.tokens:,} tokens × {self.s_per_token * 1e3:.3g} "
+                              f"ms/token; {self.time_source})")
+            out.append(("training time", time_text))  # the LoRA pass's train_runtime_s: no loading, merge or export
             if self.peak_memory_bytes is not None:
                 out.append(("peak memory", f"{human_bytes(self.peak_memory_bytes)} ({self.peak_memory_source})"))
             if self.adapter_bytes is not None:
@@ -582,12 +597,16 @@ def estimate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *, 
                                    bool(extra.get("dataloader_drop_last", False)))
             out.steps, out.epochs = steps.steps, steps.epochs
             per_seq = counts.counted_tokens / counts.sequences if counts.sequences else 0
-            out.tokens = round(steps.sequences_seen * per_seq)
+            out.tokens = round(steps.sequences_collated * per_seq)
         if skel is not None:
             rate = lookup_rate(cache_dir, skel.key, shape_of(config, lora, skel))
             if rate is not None and out.tokens is not None:
-                out.s_per_token, out.seconds = rate.s_per_token, rate.s_per_token * out.tokens
-                out.time_source = rate.detail
+                out.s_per_token, out.overhead_s = rate.s_per_token, rate.overhead_s
+                out.seconds, out.time_source = rate.seconds(out.tokens), rate.detail
+                remote = _remote(config)
+                if remote is not None:
+                    out.notes.append(f"the training time is this machine's: the workflow runs on AzureML system "
+                                     f"{remote!r}")
             elif out.tokens is not None:
                 out.notes.append("training time: not calibrated on this machine yet (calibrate: a few real steps)")
             seq_len = _typical_length(counts, config.data_config(lora.train_data_config).pre_process_data_config)
@@ -621,14 +640,18 @@ def _why(error: BaseException) -> str:
     return text if isinstance(error, TunecellError) else f"{type(error).__name__}: {text}"
 
 
-def _device(config: schema.WorkflowConfig) -> str:
-    """Where training would run: this machine's accelerator for a local run, the system's for AzureML."""
+def _remote(config: schema.WorkflowConfig) -> Optional[str]:
     from .runner.dispatch import remote_system
 
     try:
-        remote = remote_system(config)
+        return remote_system(config)
     except TunecellError:
-        remote = None
+        return None
+
+
+def _device(config: schema.WorkflowConfig) -> str:
+    """Where training would run: this machine's accelerator for a local run, the system's for AzureML."""
+    remote = _remote(config)
     if remote is not None:
         return config.systems[remote].accelerators[0].device
     import torch
@@ -724,28 +747,38 @@ def onnx_bytes(skel: Skeleton, precision: str = "int4", execution_provider: str 
 # ================================================================================== calibration: real steps
 @dataclass
 class Calibration:
-    s_per_token: float
+    s_per_token: float  # the steady rate: the median step's seconds per token
+    overhead_s: float  # the rest of a training run's time: trainer start-up, the first steps' warm-up, saving
     tokens: int
-    seconds: float
-    micro_batches: int
+    seconds: float  # the whole calibration run, as train_runtime_s counts it
+    steps: int
     shape: dict[str, Any]
     peak_memory_bytes: Optional[int]
     path: Path
 
 
-def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *, steps: int = 8, warmup: int = 2,
-              seed: int = 0, tokenizer: Any = None, save: bool = True) -> Calibration:
-    """Measure seconds per token: ``warmup`` + ``steps`` micro-batches of the actual model with the pass's LoRA,
-    dtype and optimizer, on random batches of the real training sequences (batch size and padding as the run's),
-    each a forward, a backward and, every gradient_accumulation_steps, gradient clipping and an optimizer step.
-    Stored in the cache folder per (model, machine, shape)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer
+def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *, steps: int = 6, warmup: int = 2,
+              tokenizer: Any = None, save: bool = True) -> Calibration:
+    """Time a short training run of the actual model, as the LoRA pass trains it: the same base model loading
+    (dtype, QLoRA), peft adapter, training arguments, Collator and transformers Trainer, on the real training
+    sequences, for ``warmup`` + ``steps`` optimizer steps (evaluation off).
 
-    from .data.collate import Collator
+    The steady rate is the median over the last ``steps`` steps of seconds per token (a step slowed by another
+    process on the machine does not skew it); the overhead is what the run took beyond that rate (start-up,
+    warm-up, saving the adapter). A run of N tokens is then estimated at overhead + rate x N. Stored in the cache
+    folder per (model architecture, machine, shape).
+    """
+    import tempfile
+    from types import SimpleNamespace
+
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers.trainer_callback import PrinterCallback, TrainerCallback
+
+    from .data.tokenize import to_dataset
     from .models import resolve_model
-    from .passes.lora import _load_base
+    from .passes.lora import _load_base, _training_arguments
 
     name, lora = _lora_pass(config, pass_name)
     if lora is None:
@@ -753,88 +786,68 @@ def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *,
     cache_dir = config.resolve(config.cache_dir)
     resolved = resolve_model(config.input_model, cache_dir)
     skel = model_skeleton(config.input_model)
-    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(resolved.path)
+    tok = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(resolved.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    seqs, counts = training_sequences(config, lora, tok)
-    args = lora.training_args
-    batch, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
-    torch.manual_seed(seed)
-    model = _load_base(resolved.path, lora)
-    model = get_peft_model(model, LoraConfig(
+    seqs, _ = training_sequences(config, lora, tok)
+    dataset = to_dataset(seqs, config.data_config(lora.train_data_config).pre_process_data_config)
+    transformers.set_seed(lora.training_args.seed)
+    model = get_peft_model(_load_base(resolved.path, lora), LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.lora_dropout, target_modules=lora.target_modules,
         modules_to_save=lora.modules_to_save, bias="none", task_type="CAUSAL_LM"))
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.train()
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, args)
-    max_grad_norm = float((args.model_extra or {}).get("max_grad_norm", 1.0))
-    collator = Collator.for_tokenizer(tok)
-    pre = config.data_config(lora.train_data_config).pre_process_data_config
-    features = [{"input_ids": s.input_ids, "labels": s.labels,
-                 **({"attention_mask": s.attention_mask} if pre.use_attention_mask else {})} for s in seqs]
-    rng = random.Random(seed)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+    marks: list[tuple[float, int]] = []  # (time, tokens so far) at the start and at each step's end
 
-    def micro(i: int) -> int:
-        chosen = [features[rng.randrange(len(features))] for _ in range(min(batch, len(features)))]
-        before = collator.tokens
-        inputs = {k: v.to(device) for k, v in collator(chosen).items()}
-        loss = model(**inputs).loss / accum
-        loss.backward()
-        if (i + 1) % accum == 0:
-            if max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return collator.tokens - before
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), collator.tokens))
 
-    for i in range(warmup):
-        micro(i)
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), collator.tokens))
+
+    cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.synchronize(device)
-    started, tokens = time.perf_counter(), 0
-    for i in range(warmup, warmup + steps):
-        tokens += micro(i)
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory(prefix="tunecell-calibrate-") as tmp:
+        args = _training_arguments(lora, SimpleNamespace(work_dir=Path(tmp)), has_eval=False)
+        args.update(max_steps=warmup + steps, save_strategy="no")
+        targs = transformers.TrainingArguments(**args)
+        collator = _collator_as_trained(model, tok, dataset, targs)
+        trainer = transformers.Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collator,
+                                       callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)
+        started = time.perf_counter()  # from here to the saved adapter: what the LoRA pass's train_runtime_s counts
+        trainer.train()
+        model.save_pretrained(Path(tmp) / "adapter")
+        tok.save_pretrained(Path(tmp) / "adapter")
+        seconds = time.perf_counter() - started
+    peak = int(torch.cuda.max_memory_allocated()) if cuda else None
+    steady = [(t1 - t0, n1 - n0) for (t0, n0), (t1, n1) in zip(marks[warmup:], marks[warmup + 1:]) if n1 > n0]
+    if not steady:
+        raise TunecellError("calibration measured no training step")
+    s_per_token = statistics.median(dt / dn for dt, dn in steady)
+    tokens = collator.tokens
+    overhead = max(0.0, seconds - s_per_token * tokens)
     shape = shape_of(config, lora, skel)
-    s_per_token = seconds / max(tokens, 1)
-    record = {"s_per_token": s_per_token, "tokens": tokens, "seconds": round(seconds, 4), "micro_batches": steps,
-              "peak_memory_bytes": peak, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record = {"s_per_token": s_per_token, "overhead_s": round(overhead, 4), "tokens": tokens,
+              "seconds": round(seconds, 4), "steps": warmup + steps, "peak_memory_bytes": peak,
+              "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = calibration_file(cache_dir, skel.key)
     if save:
         path = store_rate(cache_dir, skel.key, shape, calibration=record,
                           model_info={"model_type": skel.model_type, "source": resolved.source})
-    del model, optimizer
-    return Calibration(s_per_token, tokens, seconds, steps, shape, peak, path)
+    del trainer, model
+    return Calibration(s_per_token, overhead, tokens, seconds, warmup + steps, shape, peak, path)
 
 
-def _optimizer(params: list, args: schema.TrainingArgs) -> Any:
-    """The optimizer the Trainer would build for these training_args (transformers' own choice of class)."""
-    from transformers import Trainer, TrainingArguments
+def _collator_as_trained(model: Any, tokenizer: Any, dataset: Any, args: Any) -> Any:
+    """The batch collator the LoRA pass uses: the model's cheapest checked layout where tunecell.data.collate picks
+    one (for_model), else padded batches."""
+    from .data import collate
 
-    extra = {k: v for k, v in (args.model_extra or {}).items() if k.startswith(("optim", "adam"))}
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(output_dir=tmp, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                                  report_to="none", use_cpu=not _cuda(), **extra)
-        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(targs)
-    return cls(params, **kwargs)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    if hasattr(collate, "for_model"):
+        sample = [dataset[i] for i in range(min(4, len(dataset)))]
+        return collate.for_model(model, tokenizer, sample, allow_packing=not getattr(args, "use_cache", False))
+    return collate.Collator.for_tokenizer(tokenizer)
 
 
 # ===================================================================================== after a run: learn from it
@@ -869,8 +882,7 @@ def record_run(result: Any, config: Optional[schema.WorkflowConfig] = None) -> l
         passes = [(p["name"], p["type"], p.get("status"), p.get("stats") or {}) for p in result.get("passes", [])]
         run_id = result.get("run_id", "")
         if config is None and result.get("config"):
-            from .config import load_config
-            config = load_config(result["config"])
+            config = _manifest_config(result)
     else:
         passes = [(p.name, p.type, p.status, p.stats or {}) for p in result.passes]
         run_id = result.run_id
@@ -893,6 +905,23 @@ def record_run(result: Any, config: Optional[schema.WorkflowConfig] = None) -> l
         out.append(Comparison(run_id, name, before.seconds, float(seconds), before.tokens, int(tokens), before.steps,
                               stats.get("steps")))
     return out
+
+
+def _manifest_config(manifest: dict[str, Any]) -> schema.WorkflowConfig:
+    """The config a manifest records (written without defaults, so without the `type` of a pass or system: the
+    pass records and the system's keys say which)."""
+    import copy
+
+    from .config import load_config
+
+    data = copy.deepcopy(manifest["config"])
+    types = {p["name"]: p["type"] for p in manifest.get("passes", [])}
+    for name, p in (data.get("passes") or {}).items():
+        if "type" not in p and name in types:
+            p["type"] = types[name]
+    for system in (data.get("systems") or {}).values():
+        system.setdefault("type", "AzureML" if "aml_compute" in system else "LocalSystem")
+    return load_config(data)
 
 
 def learn_from_runs(config: schema.WorkflowConfig) -> list[Comparison]:
