@@ -5,18 +5,23 @@
   state must show every tunecell progress bar at its end, green.
 - olive-config.ipynb runs as it is: each pasted Olive config validates, and each exported Olive JSON loads back to
   the same config as the original file.
-- azureml.ipynb: the cells that need no workspace run (the dry run); the cells tagged `azureml-job` submit to
-  AzureML and are left out here.
+- azureml.ipynb: the cells that need no workspace run as they are (the dry run, the cells tagged `azureml-job`
+  left out); then the whole notebook runs against the fake AzureML (tests/fake_azureml.py) inside the kernel: the
+  real azure-ai-ml SDK submits the job, the notebook follows it, downloads its model and generates with it.
 - qlora-gpu.ipynb runs on the CPU, on the tiny model.
+- The README's two IPython settings (`InteractiveShellApp.extensions`, `MagicsManager.lazy_magics`) make %%finetune
+  work in a kernel without %load_ext.
 - The committed notebooks carry no outputs, no execution counts and no widget state.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import nbformat
 import pytest
@@ -36,6 +41,39 @@ def tiny_parameters(tiny_model: Path, work: Path, **extra: Any) -> str:
     return "\n".join(f"{name} = {value!r}" for name, value in values.items()) + "\n"
 
 
+@contextmanager
+def jupyter_home(work: Path) -> Iterator[dict[str, str]]:
+    """Jupyter's and IPython's own folders inside ``work`` for this client and its kernel (connection files,
+    history, profiles): never the user's home, nor the user's IPython config. Yields the kernel's environment."""
+    folders = {"JUPYTER_RUNTIME_DIR": "jupyter-runtime", "JUPYTER_CONFIG_DIR": "jupyter-config",
+               "IPYTHONDIR": "ipython"}
+    saved = {name: os.environ.get(name) for name in folders}
+    os.environ.update({name: str(work / folder) for name, folder in folders.items()})
+    try:
+        yield dict(os.environ)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_notebook(nb: nbformat.NotebookNode, work: Path, name: str, timeout: int = 600) -> nbformat.NotebookNode:
+    """Execute ``nb`` in ``work`` with the venv's python3 kernel; the result is also written to work/NAME."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(work)}})
+    started = time.perf_counter()
+    try:
+        with jupyter_home(work) as env:
+            client.execute(env=env)
+    finally:
+        nbformat.write(nb, work / name)
+        print(f"{name}: executed in {time.perf_counter() - started:.1f} s")
+    return nb
+
+
 def execute(name: str, work: Path, parameters: Optional[str] = None, skip_tags: Iterable[str] = (),
             timeout: int = 600) -> nbformat.NotebookNode:
     """Execute example_notebooks/NAME in ``work`` (a copy of the data folder beside it), as a user would.
@@ -43,8 +81,6 @@ def execute(name: str, work: Path, parameters: Optional[str] = None, skip_tags: 
     ``parameters`` replaces the source of the cell tagged `parameters`; cells with a tag in ``skip_tags`` are left
     out. The executed notebook is written to work/NAME for a look after a failure.
     """
-    from nbclient import NotebookClient
-
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "data").exists():
         shutil.copytree(NOTEBOOKS / "data", work / "data")
@@ -53,14 +89,7 @@ def execute(name: str, work: Path, parameters: Optional[str] = None, skip_tags: 
     if parameters is not None:
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         cell.source = parameters
-    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(work)}})
-    started = time.perf_counter()
-    try:
-        client.execute()
-    finally:
-        nbformat.write(nb, work / name)
-        print(f"{name}: executed in {time.perf_counter() - started:.1f} s")
-    return nb
+    return run_notebook(nb, work, name, timeout)
 
 
 def outputs_of(cell: Any, kind: str = "text/plain") -> str:
@@ -202,6 +231,85 @@ def test_azureml_notebook_dry_run(tmp_path: Path) -> None:
     assert not (tmp_path / "models").exists()  # a dry run writes nothing
 
 
+# The AzureML job cells, run against the fake AzureML of tests/fake_azureml.py inside the kernel: the real
+# azure-ai-ml SDK creates the job; the fake job's log replays the events of a local run of the same passes and its
+# output_dir is that run's (tone-classifier.ipynb's int4 output), so %%generate then runs the downloaded model.
+FAKE_AZUREML_CELL = """\
+# test plumbing, not part of the example: the fake AzureML in this kernel
+import base64, json, os, sys
+os.environ["AZUREML_CURRENT_CLOUD"] = "AzureCloud"
+sys.path.insert(0, {tests!r})
+from fake_azureml import FakeAzureML, FakeCredential, make_transport, patch_all_requests
+from tunecell.azureml import client as aml_client, submission as aml_submission
+from tunecell.config.schema import AzureMLClient
+fake = FakeAzureML()
+fake_requests = patch_all_requests(fake)  # kept: a dropped context manager would undo the patch when collected
+fake_requests.__enter__()
+aml_submission.POLL_INTERVAL_S = 0.0
+fake_ml = aml_client.ml_client(AzureMLClient(subscription_id=fake.sub, resource_group=fake.rg,
+                                             workspace_name=fake.ws),
+                               credential=FakeCredential(), transport=make_transport(fake), retry_backoff_factor=0)
+aml_client.ml_client = lambda *args, **kwargs: fake_ml
+job = json.load(open({job!r}))
+half = len(job["lines"]) // 2
+fake.script = [("Queued", []), ("Running", job["lines"][:half]), ("Running", job["lines"][half:]),
+               ("Completed", [])]
+fake.outputs = {{path: base64.b64decode(data) for path, data in job["files"].items()}}
+"""
+
+
+def fake_job(output_dir: Path, target: Path) -> Path:
+    """The fake job's log (the runner's events, as the remote runner echoes them) and output_dir files, from the
+    manifest and outputs of a local run."""
+    import base64
+
+    from tunecell.cli import EVENT_PREFIX
+    from tunecell.events import MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, TrainStep
+
+    m = json.loads((output_dir / "manifest.json").read_text())
+    steps = [[p["name"], p["type"]] for p in m["passes"]]
+    events: list[Any] = [RunStarted(m["run_id"], steps, m["config_hash"], m["model_source"])]
+    events += [MetricResult("input", k, v) for k, v in m["metrics"].get("input", {}).items()]
+    for i, p in enumerate(m["passes"]):
+        events.append(PassStarted(p["name"], p["type"], i, len(steps)))
+        n = p["stats"].get("steps") or 0
+        events += [TrainStep(p["name"], k, n, 3.0 / k, 3e-4, 1000.0) for k in range(1, n + 1)]
+        events.append(PassFinished(p["name"], p["type"], "done", p["duration_s"], False, "/mnt/cache/" + p["name"]))
+        events += [MetricResult(p["name"], k, v) for k, v in m["metrics"].get(p["name"], {}).items()]
+    events.append(RunFinished("succeeded", "/mnt/azureml/outputs/output_dir/manifest.json", m["duration_s"]))
+    files = {str(f.relative_to(output_dir)): base64.b64encode(f.read_bytes()).decode()
+             for f in sorted(output_dir.rglob("*")) if f.is_file() and not f.name.startswith(".")}
+    target.write_text(json.dumps({"lines": [EVENT_PREFIX + e.to_json() for e in events], "files": files}))
+    return target
+
+
+def test_azureml_notebook_runs_against_the_fake_azureml(tone_runs: list[dict[str, Any]], tiny_model: Path,
+                                                        tmp_path: Path) -> None:
+    pytest.importorskip("azure.ai.ml")
+    nb_source = nbformat.read(NOTEBOOKS / "azureml.ipynb", as_version=4)
+    job = fake_job(tone_runs[-1]["work"] / "out" / "int4", tmp_path / "fake-job.json")
+    parameters = tiny_parameters(tiny_model, tmp_path, subscription_id="00000000-0000-0000-0000-000000000000",
+                                 resource_group="rg", workspace_name="ws", compute="gpu-cluster")
+    (tmp_path / "data").mkdir()
+    shutil.copy(NOTEBOOKS / "data" / "tones.jsonl", tmp_path / "data" / "tones.jsonl")
+    at = next(i for i, c in enumerate(nb_source.cells) if "parameters" in c.metadata.get("tags", []))
+    nb_source.cells[at].source = parameters
+    plumbing = FAKE_AZUREML_CELL.format(tests=str(Path(__file__).resolve().parent), job=str(job))
+    nb_source.cells.insert(at + 1, nbformat.v4.new_code_cell(plumbing))
+    nb = run_notebook(nb_source, tmp_path, "azureml.ipynb")
+    no_errors(nb)
+    submit = cell_starting(nb, "%%finetune -o aml_run")
+    shown = outputs_of(submit) + outputs_of(submit, "text/html")
+    assert "AzureML job" in shown and "ml.azure.com" in shown
+    summary = outputs_of(nb.cells[-1], "text/html")
+    assert "tunecell-summary" in summary and "succeeded" in summary and "<th>int4</th>" in summary
+    assert (tmp_path / "out" / "model" / "genai_config.json").is_file()  # downloaded from the job's output_dir
+    generated = outputs_of(cell_starting(nb, "%%generate"))
+    assert generated.count(">>> ### Text: ") == 4 and "tokens/s" in generated
+    bars = progress_bars(nb)
+    assert bars and all(b["value"] == b["max"] and b["bar_style"] == "success" for b in bars), bars
+
+
 def test_qlora_notebook_runs_on_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
     nb = execute("qlora-gpu.ipynb", tmp_path,
                  tiny_parameters(tiny_model, tmp_path, max_steps=2, eval_samples=4, learning_rate=2e-4))
@@ -213,6 +321,32 @@ def test_qlora_notebook_runs_on_the_cpu(tiny_model: Path, tmp_path: Path) -> Non
     assert manifest["config"]["passes"]["lora"]["double_quant"] is True
     assert list(manifest["metrics"]) == ["input", "lora", "merge", "int4"]
     assert "tunecell-summary" in outputs_of(nb.cells[-1], "text/html")
+
+
+# ============================================================================ %%finetune without %load_ext
+LOAD_WITHOUT_LOAD_EXT = {
+    "extensions": 'c.InteractiveShellApp.extensions = ["tunecell"]\n',
+    "lazy_magics": 'c.MagicsManager.lazy_magics = {"finetune": "tunecell.magics", "optimize": "tunecell.magics",\n'
+                   '                              "generate": "tunecell.magics", "tunecell": "tunecell.magics"}\n',
+}
+
+
+@pytest.mark.parametrize("setting", sorted(LOAD_WITHOUT_LOAD_EXT))
+def test_magics_work_without_load_ext(setting: str, tmp_path: Path) -> None:
+    """The README's two ways to have %%finetune in every notebook, in the kernel's IPython profile."""
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text(LOAD_WITHOUT_LOAD_EXT[setting], encoding="utf-8")
+    config = (NOTEBOOKS / "tones.yaml").read_text(encoding="utf-8").replace("data/tones.jsonl",
+                                                                            str(NOTEBOOKS / "data" / "tones.jsonl"))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(f"%%finetune --dry-run\n{config}"),
+                nbformat.v4.new_code_cell("%tunecell version")]
+    nb = run_notebook(nb, tmp_path, "no-load-ext.ipynb", timeout=120)
+    no_errors(nb)
+    assert "1. lora [LoRA]" in outputs_of(nb.cells[0]) and "3. mb [ModelBuilder]" in outputs_of(nb.cells[0])
+    assert outputs_of(nb.cells[1]).startswith("tunecell ")
 
 
 # ======================================================================================= as committed

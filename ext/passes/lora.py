@@ -21,7 +21,8 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     from peft import LoraConfig, get_peft_model
     from transformers.trainer_callback import PrinterCallback
 
-    from ..data import Collator, build_training_data
+    from ..data import build_training_data
+    from ..data.collate import for_model
 
     seed = cfg.training_args.seed
     transformers.set_seed(seed)
@@ -44,7 +45,10 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
             f"{trainable:,} trainable parameters")
 
     args = transformers.TrainingArguments(**_training_arguments(cfg, ctx, has_eval=data.eval is not None))
-    collator = Collator.for_tokenizer(tokenizer)
+    # packed batches and loss-position-only logits when the model gives the same loss with them (checked here)
+    collator = for_model(model, tokenizer, [data.train[i] for i in range(min(4, len(data.train)))],
+                         allow_packing=not getattr(args, "use_cache", False))
+    ctx.log(f"batches: {collator.layout}")
     progress = ProgressCallback(ctx, collator)
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=data.train,
@@ -76,7 +80,8 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         "train_runtime_s": round(seconds, 2),
         "tokens": collator.tokens,
         "tokens_per_s": round(collator.tokens / seconds, 1) if seconds else None,
-        "data": data.stats,
+        "batch_layout": collator.layout,
+        "data": data.stats.as_dict(),  # a dict in run.json and the manifest, not the dataclass repr
         "resumed_from": resume.name if resume else None,
     }
 

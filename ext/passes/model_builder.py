@@ -12,7 +12,8 @@ OptionValue = Union[str, int, float, bool]
 
 def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provider: str, int4_block_size: int = 32,
                int4_accuracy_level: Optional[int] = None, int4_is_symmetric: Optional[bool] = None,
-               extra_options: Optional[dict[str, OptionValue]] = None, scratch_dir: Path) -> None:
+               int4_algo_config: Optional[str] = None, extra_options: Optional[dict[str, OptionValue]] = None,
+               scratch_dir: Path) -> None:
     """Run the onnxruntime-genai model builder on a local HF folder; out_dir then loads with og.Model.
 
     extra_options are the builder's own KEY=VALUE options. The builder never contacts the hub (hf_token=false,
@@ -34,6 +35,8 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
             options["accuracy_level"] = int4_accuracy_level
         if int4_is_symmetric is not None:
             options["is_symmetric"] = int4_is_symmetric
+        if int4_algo_config is not None:
+            options.setdefault("algo_config", int4_algo_config)  # extra_options win
     options["hf_token"] = False
     option_list = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
                    for key, value in options.items()]

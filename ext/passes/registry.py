@@ -61,6 +61,7 @@ def _model_builder(source: Artifact, cfg: schema.ModelBuilder, ctx: PassContext)
             build_onnx(source.path, ctx.out_dir, precision=cfg.precision,
                        execution_provider=ctx.config.execution_provider, int4_block_size=cfg.int4_block_size,
                        int4_accuracy_level=cfg.int4_accuracy_level, int4_is_symmetric=cfg.int4_is_symmetric,
+                       int4_algo_config=cfg.int4_algo_config,
                        extra_options=cfg.extra_options, scratch_dir=ctx.scratch_dir)
         except Exception:
             log.flush()
