@@ -87,6 +87,7 @@ def timed(cmd: Sequence[str], log: Path, *, cwd: Optional[Path] = None, env_extr
     time_file = log.with_suffix(".time")
     full = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd]
     peak = 0
+    load_at_start = round(load1(), 2)
     with open(log, "w") as out:
         t0 = time.perf_counter()
         p = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env(**(env_extra or {})))
@@ -102,7 +103,7 @@ def timed(cmd: Sequence[str], log: Path, *, cwd: Optional[Path] = None, env_extr
         for line in time_file.read_text().splitlines():
             if "Maximum resident set size" in line:
                 maxrss = int(line.split()[-1]) * 1024
-    return {"cmd": " ".join(map(str, cmd)), "rc": p.returncode, "wall_s": round(wall, 2),
+    return {"cmd": " ".join(map(str, cmd)), "rc": p.returncode, "load1_at_start": load_at_start, "wall_s": round(wall, 2),
             "peak_rss_mb": round(max(peak, maxrss) / 1e6, 1), "tree_rss_sampled_mb": round(peak / 1e6, 1),
             "max_rss_one_process_mb": round(maxrss / 1e6, 1), "log": str(log)}
 

@@ -207,7 +207,7 @@ def row_e2e(args) -> dict:
                 one["gemm_gflops"] = probe("gemm", "--threads", "2")["gflops_median"]
             for tool in order:
                 if args.wait_idle:
-                    wait_idle(args.max_load)
+                    wait_idle(args.max_load, limit=args.max_wait)
                 log(f"e2e {workload} run {i + 1}/{args.runs}: {tool}")
                 logs = RESULTS / "logs" / f"e2e-{workload}-{tool}-{i}.log"
                 if tool == "tunecell":
@@ -297,7 +297,7 @@ def row_train(args) -> dict:
     data = {"machine": machine(), "workload": workload, "runs": []}
     for i in range(args.runs):
         if args.wait_idle:
-            wait_idle(args.max_load)
+            wait_idle(args.max_load, limit=args.max_wait)
         log(f"train run {i + 1}/{args.runs}")
         g = probe("gemm", "--threads", "2")
         clear_pass_cache(workload)
@@ -354,7 +354,7 @@ def row_cached(args) -> dict:
     data = {"machine": machine(), "workload": workload, "first_full_run": first, "cli": [], "inprocess": []}
     for i in range(args.runs):
         if args.wait_idle:
-            wait_idle(args.max_load)
+            wait_idle(args.max_load, limit=args.max_wait)
         m = timed([TUNECELL, "run", "--config", str(cfg), "--progress", "none"],
                   RESULTS / "logs" / f"cached-cli-{i}.log")
         c = probe("cached-cli", str(cfg))
@@ -399,7 +399,7 @@ def row_loadext(args) -> dict:
     runs = []
     for i in range(args.runs):
         if args.wait_idle:
-            wait_idle(args.max_load)
+            wait_idle(args.max_load, limit=args.max_wait)
         runs.append(probe("loadext"))
     data = {"machine": machine(), "runs": runs, "summary": {
         "seconds": median([r["seconds"] for r in runs]), "torch_imported": any(r["torch_imported"] for r in runs),
@@ -448,7 +448,7 @@ def row_gen(args) -> dict:
     data = {"machine": machine(), "runs": [], "accuracy": {}}
     for i in range(args.runs):
         if args.wait_idle:
-            wait_idle(args.max_load)
+            wait_idle(args.max_load, limit=args.max_wait)
         log(f"generation run {i + 1}/{args.runs}")
         r = probe("generation", str(merged), *[f"{n}={p}" for n, p in built.items()])
         data["runs"].append(r)
@@ -478,7 +478,7 @@ def row_preview(args) -> dict:
     runs = []
     for i in range(args.runs):
         if args.wait_idle:
-            wait_idle(args.max_load)
+            wait_idle(args.max_load, limit=args.max_wait)
         p = py([str(ROOT / "bench" / "bench_preview.py"), "100000"])
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-3000:])
@@ -507,7 +507,7 @@ def busy_fraction(seconds: float = 10.0) -> float:
     return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
-def wait_idle(max_load: float, poll: int = 60, limit: int = 2400) -> None:
+def wait_idle(max_load: float, poll: int = 60, limit: int = 2400, between_limit: int = 180) -> None:
     """The first time: wait until the 1-minute load average is below max_load (at most `limit` s). Later (between
     runs, when this harness's own last run still weighs on the load average): wait until the machine is idle now,
     under 10% of its CPU busy over 10 s."""
@@ -520,9 +520,11 @@ def wait_idle(max_load: float, poll: int = 60, limit: int = 2400) -> None:
             waited += poll
         _IDLE_ONCE = True
         return
-    while (busy := busy_fraction()) > 0.10 and waited < limit:
+    while (busy := busy_fraction()) > 0.10 and waited < between_limit:
         log(f"waiting: {busy:.0%} of the CPU busy")
         waited += 10
+    if busy > 0.10:
+        log(f"measuring anyway: {busy:.0%} of the CPU busy (load {load1():.2f})")
 
 
 def report(args) -> dict:
@@ -548,6 +550,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-accuracy", action="store_true", help="gen: skip the accuracy of each variant")
     parser.add_argument("--wait-idle", action="store_true", help="wait for the load average to drop before each run")
     parser.add_argument("--max-load", type=float, default=1.0)
+    parser.add_argument("--max-wait", type=int, default=2400, help="seconds to wait for the load average, once")
     args = parser.parse_args(argv)
     rows = [ALIASES.get(r, r) for r in args.row]
     if rows == ["all"]:

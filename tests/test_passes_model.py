@@ -139,7 +139,8 @@ def test_builder_leaves_root_logging_alone(merged, tmp_path):
     ("joy! what a day", ["Sad", "Joy"], "Joy"),
     ("Very sad indeed", ["very", "Very sad"], "Very sad"),
     ("sadness", ["Sad"], None),
-    ("The tone is Sad", ["Sad"], None),
+    ("The tone is Sad", ["Sad"], "Sad"),  # the first label word anywhere in the answer
+    ("not joy, fear", ["Fear", "Joy"], "Joy"),
     ("", ["Sad"], None),
 ])
 def test_first_label(generated, labels, expected):

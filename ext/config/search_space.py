@@ -18,8 +18,10 @@ SearchSpace = dict[str, dict[str, list[Any]]]  # pass name -> dotted option -> c
 
 def extract(tree: dict, pass_models: dict[str, type[BaseModel]]) -> SearchSpace:
     space: SearchSpace = {}
-    for name, p in (tree.get("passes") or {}).items():
-        model = pass_models.get(p.get("type")) if isinstance(p, dict) else None
+    passes = tree.get("passes")
+    for name, p in (passes.items() if isinstance(passes, dict) else ()):
+        kind = p.get("type") if isinstance(p, dict) else None
+        model = pass_models.get(kind) if isinstance(kind, str) else None
         if model is not None:
             found = _candidates(p, model, ())
             if found:
