@@ -45,7 +45,7 @@ EXPORT_SCRIPT = r"""
 import json, sys
 from tunecell.config import load_config
 from tunecell.config.export import export_config
-from tunecell.plan import plan
+from tunecell.planner import plan
 config = load_config(sys.argv[1])
 export_config(config, sys.argv[2])
 print(json.dumps({"passes": {s.name: s.settings for s in plan(config).steps},

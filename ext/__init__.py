@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_config": "tunecell.config",
     "WorkflowConfig": "tunecell.config",
-    "plan": "tunecell.plan",
+    "plan": "tunecell.planner",
     "run": "tunecell.runner",
     "RunResult": "tunecell.runner",
     "load_model": "tunecell.inference",

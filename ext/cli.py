@@ -42,7 +42,7 @@ def _load(args: argparse.Namespace):
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .plan import plan
+    from .planner import plan
 
     try:
         config = _load(args)

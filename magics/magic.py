@@ -130,7 +130,7 @@ class TuneCell(Magics):
                 print(f"wrote {_export(config, args.export)}")
                 return None
             if args.dry_run:
-                from tunecell.plan import plan
+                from tunecell.planner import plan
 
                 print(plan(config).describe())
                 return None

@@ -44,8 +44,8 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import tunecell
     config = tunecell.load_config(sys.argv[1])
-    import tunecell.plan, tunecell.cli
-    tunecell.plan.plan(config).describe()
+    import tunecell.planner, tunecell.cli
+    tunecell.plan(config).describe()
     heavy = set(json.loads(sys.argv[2]))
     print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
 """)

@@ -1045,7 +1045,7 @@ class ConfigForm:
     def _render_outputs(self) -> None:
         config = self.config or self.last_valid
         try:
-            from tunecell.plan import plan
+            from tunecell.planner import plan
 
             self.plan_text = plan(config).describe() if config is not None else ""
         except Exception as e:

@@ -38,8 +38,18 @@ SUB_TYPE = {"accuracy": "accuracy_score", "latency": "avg", "throughput": "avg",
 
 
 def olive_dict(config: schema.WorkflowConfig) -> dict[str, Any]:
-    """Olive 0.13's layout: metric goal and priority inside sub_types; everything else as tunecell writes it."""
+    """Olive 0.13's layout: metric goal and priority inside sub_types, and the settings whose defaults differ
+    between the two (torch_dtype, gradient_checkpointing, pad_to_max_len) written out; the rest as tunecell
+    writes it (tunecell-only keys included: Olive rejects those, and AzureML systems)."""
     data = minimal_dict(config)
+    for name, p in config.passes.items():
+        if isinstance(p, schema.LoRA):
+            out = data["passes"][name]
+            out["torch_dtype"] = p.torch_dtype
+            out.setdefault("training_args", {})["gradient_checkpointing"] = p.training_args.gradient_checkpointing
+    for i, dc in enumerate(config.data_configs):
+        pre = data["data_configs"][i].setdefault("pre_process_data_config", {})
+        pre["pad_to_max_len"] = dc.pre_process_data_config.pad_to_max_len
     for evaluator in data.get("evaluators", {}).values():
         for metric in evaluator["metrics"]:
             sub = {"name": SUB_TYPE[metric["type"]], "priority": metric.pop("priority", 1)}

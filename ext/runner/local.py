@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import sys
@@ -17,7 +18,7 @@ from ..errors import PassFailed, TunecellError
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
-from ..plan import Plan, plan as make_plan
+from ..planner import Plan, plan as make_plan
 from . import manifest
 from .dispatch import remote_system, run_remote
 from .cache import Cache, digest, package_versions
@@ -148,7 +149,7 @@ class LocalRun:
             "data": {name: [self.data_hashes[name],
                             self.config.data_config(name).model_dump(mode="json", exclude={"name"})]
                      for name in data},
-            "packages": package_versions(pass_specs()[step.type].packages),
+            "packages": package_versions(("tunecell",) + pass_specs()[step.type].packages),
         })
 
     def _run_step(self, index: int, step, source: Artifact) -> Artifact:
@@ -284,6 +285,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _scratch_env(scratch: Path) -> Iterator[None]:
     """Keep the libraries' caches (datasets, onnxruntime, the builder) inside the run's cache folder."""
     scratch.mkdir(parents=True, exist_ok=True)
+    # Library chatter that our own progress replaces: transformers' weight-loading bars (decided at its import,
+    # which a preview may have done already) and bitsandbytes' note that an optional CPU kernel package is absent.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     values = {"HF_DATASETS_CACHE": str(scratch / "datasets"), "TOKENIZERS_PARALLELISM": "false",
               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # our own progress replaces the libraries' bars
     saved = {k: os.environ.get(k) for k in values}

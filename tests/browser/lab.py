@@ -166,10 +166,20 @@ def lab(root: Path, home: Path) -> Iterator[LabServer]:
 
 @contextmanager
 def chromium_page(width: int = 1280, height: int = 1000) -> Iterator[Any]:
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        for attempt in (1, 2):  # a loaded machine can miss the launch timeout once
+            try:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+                                            timeout=60_000)
+                break
+            except PlaywrightError as e:
+                if attempt == 2:
+                    raise
+                print(f"Chromium did not start ({str(e).splitlines()[0]}); trying once more")
+                time.sleep(2)
         try:
             context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
             yield context.new_page()
