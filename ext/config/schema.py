@@ -5,6 +5,7 @@ preprocessing keys, so users train with defaults they never chose. Here a typo i
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 import string
 from typing import Annotated, Any, Literal, Optional, Union
@@ -347,7 +348,8 @@ class WorkflowConfig(Model):
     def resolve(self, path: str) -> Path:
         """A path from the config: relative ones start at the config file's folder (or the current folder)."""
         p = Path(path).expanduser()
-        return (p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p).absolute()
+        return Path(os.path.normpath((p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p)
+                                     .absolute()))
 
     def data_config(self, name: str) -> DataConfig:
         return next(d for d in self.data_configs if d.name == name)
