@@ -233,7 +233,12 @@ def generation(args) -> None:
 
     for d in args.onnx:
         name, path = d.split("=", 1) if "=" in d else (Path(d).name, d)
-        m = og.Model(path)
+        if name.endswith("via-load_model"):  # the session as tunecell.load_model / the evaluator create it
+            from tunecell.inference import OnnxModel
+
+            m = OnnxModel(Path(path))._model
+        else:
+            m = og.Model(path)
         otok = og.Tokenizer(m)
         ids = otok.encode(prompt)
 

@@ -241,6 +241,9 @@ def row_e2e(args) -> dict:
                 log(f"   {tool}: rc {m['rc']} wall {m['wall_s']} s peak {m['peak_rss_mb']} MB acc {m['accuracy']}")
                 one[tool] = m
             runs.append(one)
+            data["summary"] = summarize_e2e(data["runs"], tools)  # partial results survive an interrupted row
+            data["summary"]["training_throughput"] = throughput_from_e2e(data["runs"])
+            save("e2e", data)
     data["summary"] = summarize_e2e(data["runs"], tools)
     data["summary"]["training_throughput"] = throughput_from_e2e(data["runs"])
     print(json.dumps(data["summary"], indent=1))
@@ -417,6 +420,8 @@ VARIANTS = [  # (name, builder args of `bench.probes build`, onnxruntime-genai s
     ("b32-rtn-acc1", ["--block", "32", "--acc", "1", "--extra", "algo_config=rtn"], None),
     ("b32-kquant", ["--block", "32", "--extra", "algo_config=k_quant"], None),
     ("b32-rtn-threads2", ["--block", "32", "--extra", "algo_config=rtn"], 2),
+    ("tunecell-b32-rtn-via-load_model", ["--block", "32", "--extra", "algo_config=rtn"], None),
+    ("b128-rtn-threads2", ["--block", "128", "--extra", "algo_config=rtn"], 2),
 ]
 
 
@@ -458,7 +463,7 @@ def row_gen(args) -> dict:
     if not args.no_accuracy:
         data["accuracy"]["merged_pytorch"] = accuracy_of(merged, evalf)
         for name, _, threads in variants:
-            if not threads:
+            if not threads and not name.endswith("via-load_model"):
                 data["accuracy"][name] = accuracy_of(built[name], evalf)
     s = data["summary"] = {"pytorch_tok_per_s": median([r["pytorch"]["tok_per_s"] for r in data["runs"]]),
                            "copy_gbs": median([max(r["copy_bandwidth"]["torch_gbs"], r["copy_bandwidth"]["numpy_gbs"])

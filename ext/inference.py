@@ -51,6 +51,21 @@ class LoadedModel:
         return f"<{type(self).__name__} {self.kind} {self.path}>"
 
 
+def session_threads(model_config: dict) -> Optional[int]:
+    """The intra-op threads to give onnxruntime when genai_config.json sets none: every CPU this process may run
+    on. Left to itself the session ran the demo's int4 SmolLM2 at 102-128 tokens/s on this project's 2-core
+    machine, and at 147-169 with intra_op_num_threads=2 (bench/README.md, row 5)."""
+    import os
+
+    options = (model_config.get("decoder") or {}).get("session_options") or {}
+    if "intra_op_num_threads" in options:
+        return None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count()
+
+
 class OnnxModel(LoadedModel):
     kind = "onnx"
 
@@ -59,9 +74,13 @@ class OnnxModel(LoadedModel):
 
         self._og = og
         self.path = path
-        self._model = og.Model(str(path))
-        self._tokenizer = og.Tokenizer(self._model)
         config = json.loads((path / "genai_config.json").read_text())["model"]
+        og_config = og.Config(str(path))
+        threads = session_threads(config)
+        if threads:
+            og_config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self._model = og.Model(og_config)
+        self._tokenizer = og.Tokenizer(self._model)
         self._context_length = config.get("context_length")
         # og's decode gives up at the first invalid UTF-8 byte (a random or truncated output can end mid
         # character) and drops the rest, so decode with the tokenizers library when tokenizer.json is there
