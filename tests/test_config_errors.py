@@ -16,37 +16,7 @@ from tunecell.errors import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
 
-EXAMPLE = """\
-input_model: {type: HfModel, model_path: HuggingFaceTB/SmolLM2-135M-Instruct}
-data_configs:
-  - name: tones
-    type: HuggingfaceContainer
-    load_dataset_config: {data_name: json, data_files: example_notebooks/data/tones.jsonl, split: train}
-    pre_process_data_config:
-      text_template: "### Text: {phrase}\\n### The tone is:\\n{tone}"
-      strategy: line-by-line
-      max_seq_len: 64
-passes:
-  lora:
-    type: LoRA
-    r: 16
-    alpha: 32
-    lora_dropout: 0.1
-    target_modules: [q_proj, k_proj, v_proj, o_proj]
-    train_data_config: tones
-    eval_dataset_size: 0.2
-    training_args: {max_steps: 100, learning_rate: 3.0e-4, per_device_train_batch_size: 8, seed: 0}
-  merge: {type: MergeAdapterWeights}
-  mb: {type: ModelBuilder, precision: int4}
-evaluators:
-  tone_eval:
-    metrics:
-      - {name: accuracy, type: accuracy, data_config: tones, label_column: tone, max_new_tokens: 4}
-      - {name: latency, type: latency}
-evaluator: tone_eval
-cache_dir: .tunecell/cache
-output_dir: models/tones
-"""
+EXAMPLE = (Path(__file__).parent / "configs" / "example.yaml").read_text()  # the example of issue 4
 ACC = ("evaluators", "tone_eval", "metrics", "accuracy")  # metrics are labelled by their name
 LAT = ("evaluators", "tone_eval", "metrics", "latency")
 PRE = ("data_configs", "tones", "pre_process_data_config")
