@@ -98,12 +98,15 @@ def timed(cmd: Sequence[str], log: Path, *, cwd: Optional[Path] = None, env_extr
                 p.kill()
             time.sleep(0.05)
         wall = time.perf_counter() - t0
-    maxrss = 0
+    maxrss, cpu = 0, 0.0
     if time_file.exists():
         for line in time_file.read_text().splitlines():
             if "Maximum resident set size" in line:
                 maxrss = int(line.split()[-1]) * 1024
-    return {"cmd": " ".join(map(str, cmd)), "rc": p.returncode, "load1_at_start": load_at_start, "wall_s": round(wall, 2),
+            elif "User time (seconds)" in line or "System time (seconds)" in line:
+                cpu += float(line.split()[-1])
+    return {"cmd": " ".join(map(str, cmd)), "rc": p.returncode, "load1_at_start": load_at_start,
+            "load1_at_end": round(load1(), 2), "cpu_s": round(cpu, 1), "wall_s": round(wall, 2),
             "peak_rss_mb": round(max(peak, maxrss) / 1e6, 1), "tree_rss_sampled_mb": round(peak / 1e6, 1),
             "max_rss_one_process_mb": round(maxrss / 1e6, 1), "log": str(log)}
 

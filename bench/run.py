@@ -257,11 +257,13 @@ def summarize_e2e(runs: dict, tools: list[str]) -> dict:
         for tool in tools:
             ok = [r[tool] for r in reps if tool in r and r[tool]["rc"] == 0]
             s[tool] = {"wall_s": median([r["wall_s"] for r in ok]), "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]),
+                       "cpu_s": median([r.get("cpu_s") for r in ok]), "load1_at_start": [r.get("load1_at_start") for r in ok],
                        "accuracy": median([r["accuracy"] for r in ok]), "runs_ok": len(ok)}
         for a, b in (("tunecell", "olive"), ("tunecell", "plain"), ("plain", "olive")):
             pairs = [r for r in reps if a in r and b in r and r[a]["rc"] == 0 and r[b]["rc"] == 0]
             s[f"{a}/{b}"] = {
                 "wall": median([r[a]["wall_s"] / r[b]["wall_s"] for r in pairs]),
+                "cpu": median([r[a]["cpu_s"] / r[b]["cpu_s"] for r in pairs if r[a].get("cpu_s") and r[b].get("cpu_s")]),
                 "peak_rss": median([r[a]["peak_rss_mb"] / r[b]["peak_rss_mb"] for r in pairs])}
     return summary
 
@@ -297,19 +299,20 @@ def row_train(args) -> dict:
     train, _ = split_files()
     workload = args.workloads.split(",")[0]
     base = base_model(workload)
-    data = {"machine": machine(), "workload": workload, "runs": []}
+    data = {"machine": machine(), "workload": workload, "runs": [], "steps": STEPS,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     for i in range(args.runs):
         if args.wait_idle:
             wait_idle(args.max_load, limit=args.max_wait)
         log(f"train run {i + 1}/{args.runs}")
-        g = probe("gemm", "--threads", "2")
+        g = probe("gemm", "--threads", os.environ.get("OMP_NUM_THREADS", "2"))
         clear_pass_cache(workload)
         t = probe("train-tunecell", str(tunecell_config(workload, evaluate=False, name="train")))
         out_dir = WORK / "out" / f"plain-train-{workload}"
         shutil.rmtree(out_dir, ignore_errors=True)
         p = py([str(ROOT / "bench" / "plain_pipeline.py"), str(plain_spec(workload, base, train, out_dir, build=False))])
         plain = last_json_line(p.stdout)
-        g2 = probe("gemm", "--threads", "2")
+        g2 = probe("gemm", "--threads", os.environ.get("OMP_NUM_THREADS", "2"))
         gemm = (g["gflops_median"] + g2["gflops_median"]) / 2
         params = plain["params"]
         one = {"gemm_gflops": gemm, "gemm_before_after": [g["gflops_median"], g2["gflops_median"]],
@@ -555,8 +558,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-accuracy", action="store_true", help="gen: skip the accuracy of each variant")
     parser.add_argument("--wait-idle", action="store_true", help="wait for the load average to drop before each run")
     parser.add_argument("--max-load", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps (default the demo's 100)")
     parser.add_argument("--max-wait", type=int, default=2400, help="seconds to wait for the load average, once")
     args = parser.parse_args(argv)
+    globals()["STEPS"] = args.steps
     rows = [ALIASES.get(r, r) for r in args.row]
     if rows == ["all"]:
         rows = ["prepare", "loadext", "preview", "cached", "accuracy", "gen", "train", "e2e"]
