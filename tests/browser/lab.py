@@ -3,7 +3,7 @@
 Used by tests/test_browser.py, and runnable on its own to take the README's screenshots on the real model:
 
     .venv/bin/python tests/browser/lab.py --out example_notebooks/images            # the defaults: SmolLM2, 100 steps
-    .venv/bin/python tests/browser/lab.py --out /tmp/shots --parameters params.py    # another parameters cell
+    .venv/bin/python tests/browser/lab.py --out shots --parameters params.py    # another parameters cell
 
 Nothing here downloads a browser: playwright is given the Debian binary (/usr/bin/chromium, or $TUNECELL_CHROMIUM).
 The server runs on 127.0.0.1 with a random token, with its config, data, runtime, settings and workspace folders
