@@ -47,8 +47,12 @@ from tunecell.config import load_config
 from tunecell.config.export import export_config
 from tunecell.planner import plan
 config = load_config(sys.argv[1])
-export_config(config, sys.argv[2])
-print(json.dumps({"passes": {s.name: s.settings for s in plan(config).steps},
+notes = export_config(config, sys.argv[2])
+from transformers import TrainingArguments
+defaults = TrainingArguments(output_dir="unused", use_cpu=True)
+defaults = {"optim": str(getattr(defaults.optim, "value", defaults.optim))}
+print(json.dumps({"notes": notes, "training_defaults": defaults,
+                  "passes": {s.name: s.settings for s in plan(config).steps},
                   "data": {d.name: d.pre_process_data_config.model_dump(mode="json") for d in config.data_configs}}))
 """
 # tunecell's names -> Olive's, where they differ (pass settings and training arguments)
@@ -100,7 +104,8 @@ def plain(value: Any) -> Any:
     return value
 
 
-def compare_pass(name: str, olive: dict[str, Any], tunecell: Optional[dict[str, Any]]) -> list[str]:
+def compare_pass(name: str, olive: dict[str, Any], tunecell: Optional[dict[str, Any]],
+                 tunecell_defaults: dict[str, Any]) -> list[str]:
     """Settings where what Olive would run differs from what tunecell runs."""
     if tunecell is None:
         return []
@@ -120,8 +125,12 @@ def compare_pass(name: str, olive: dict[str, Any], tunecell: Optional[dict[str, 
                         differences.append(f"{name}.training_args.{arg}: tunecell {arg_value!r}, Olive "
                                            f"{default!r} (transformers' default)")
             for arg, olive_value in olive_args.items():
-                if arg not in value and olive_value not in (None, False, "none") and arg != "output_dir":
-                    differences.append(f"{name}.training_args.{arg}: Olive sets {olive_value!r}, tunecell does not")
+                if arg in value or olive_value in (None, False, "none") or arg == "output_dir":
+                    continue
+                ours = tunecell_defaults.get(arg)  # tunecell leaves it to its transformers' default
+                if not _same(ours, olive_value):
+                    differences.append(f"{name}.training_args.{arg}: Olive sets {olive_value!r}, tunecell "
+                                       f"leaves {ours!r} (transformers' default)")
             continue
         if key not in olive:
             differences.append(f"{name}.{key}: tunecell {value!r}; Olive's pass has no such setting")
@@ -184,7 +193,8 @@ def check(path: Path, tunecell: Optional[dict[str, Any]] = None) -> bool:
                 olive = {k: plain(v) for k, v in settings.model_dump().items() if not k.endswith("data_config")}
                 shown = {k: v for k, v in olive.items() if v not in (None, {}, [])}
                 print(f"pass {name}: Olive {cls.__name__} with {json.dumps(shown, default=str)}")
-                differences += compare_pass(name, olive, (tunecell or {}).get("passes", {}).get(name))
+                differences += compare_pass(name, olive, (tunecell or {}).get("passes", {}).get(name),
+                                            (tunecell or {}).get("training_defaults", {}))
         known = set(TextGenParams.model_fields) | PRE_PROCESS_OLIVE_ARGS
         for dc in run_config.data_configs:
             params = dict(dc.pre_process_data_config.params or {}) if dc.pre_process_data_config else {}
@@ -227,6 +237,8 @@ def main() -> int:
     ok = True
     for source in args.configs:
         path, tunecell = export(source) if args.export else (source, None)
+        for note in (tunecell or {}).get("notes", []):
+            print(f"tunecell's export: note: {note}")
         ok &= check(path, tunecell)
     return 0 if ok else 1
 

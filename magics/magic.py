@@ -44,13 +44,16 @@ def _add_workflow_arguments(func, name: str):
     return func
 
 
-def _export(config: Any, path: str) -> Path:
+def _export(config: Any, path: str) -> None:
     from tunecell.config.export import export_config
 
     try:
-        return export_config(config, path)
+        notes = export_config(config, path)
     except ValueError as e:  # a suffix other than .json / .yaml
         raise UsageError(f"--export {path}: {e}") from None
+    print(f"wrote {path}")
+    for note in notes:
+        print(f"note: {note}")
 
 
 @magics_class
@@ -127,7 +130,7 @@ class TuneCell(Magics):
                 return self._form(magic.__name__, args, line, cell)
             config, start_from = self._config(args, cell)
             if args.export:
-                print(f"wrote {_export(config, args.export)}")
+                _export(config, args.export)
                 return None
             if args.dry_run:
                 from tunecell.planner import plan
@@ -377,7 +380,7 @@ class TuneCell(Magics):
         value = self._run_named(words[0] if len(words) > 1 else None)
         if isinstance(value, BackgroundRun):
             value = value.wait()
-        print(f"wrote {_export(value.config, words[-1])}")
+        _export(value.config, words[-1])
 
     def _cmd_cache(self, action: Optional[str] = None) -> None:
         import shutil

@@ -287,3 +287,25 @@ def test_text_without_double_braces_never_touches_jinja(monkeypatch):
     assert fill_template(EXAMPLE, {}) is EXAMPLE
     with pytest.raises(ImportError):
         fill_template("r: {{ rank }}", {"rank": 1})
+
+
+# ------------------------------------------------------------------------------------------ export to Olive
+def test_olive_export_numbers_priorities_and_writes_settings_whose_defaults_differ(tmp_path):
+    from tunecell.config.export import export_config
+
+    text = EXAMPLE.replace("- {name: latency, type: latency}", "- {name: latency, type: latency, priority: 0}")
+    config = load_config(text, overrides=["passes.lora.training_args.warmup_steps=0.1"])
+    notes = export_config(config, tmp_path / "olive.json")
+    olive = json.loads((tmp_path / "olive.json").read_text())
+    metrics = {m["name"]: m["sub_types"][0]["priority"] for m in olive["evaluators"]["tone_eval"]["metrics"]}
+    assert metrics == {"accuracy": 2, "latency": 1}  # unique, 1..N, in tunecell's order of priority
+    args = olive["passes"]["lora"]["training_args"]
+    assert (args["warmup_ratio"], args["gradient_checkpointing"], args["num_train_epochs"]) == (0.1, False, 1.0)
+    assert "warmup_steps" not in args and olive["passes"]["mb"]["int4_algo_config"] == "rtn"
+    assert olive["passes"]["lora"]["torch_dtype"] == "float32"
+    assert [n.split(":")[0] for n in notes] == ["passes.lora.eval_dataset_size",
+                                                "evaluators.tone_eval.metrics.accuracy.label_column",
+                                                "evaluators.tone_eval.metrics.accuracy.max_new_tokens"]
+    again = load_config(tmp_path / "olive.json")
+    assert again.passes == config.passes and again.data_configs == config.data_configs
+    assert "training_args: warmup_ratio is now warmup_steps" in " ".join(again.notes)

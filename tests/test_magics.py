@@ -371,20 +371,38 @@ def test_target_overrides_host_and_target(ip: InteractiveShell, tiny_model: Path
         ip.run_line_magic("config", "TuneCell.default_target = 'local'")
 
 
-def test_export_writes_olive_json_and_yaml_that_load_back_the_same(ip, main_cell: str, paths) -> None:
+def test_export_yaml_loads_back_the_same_and_json_is_olive_013_with_notes(ip, main_cell: str, paths) -> None:
     ip.user_ns["lora_rank"] = 4
     runs = dict(magics(ip).runs)
     expected = tunecell.load_config(main_cell, ip.user_ns)
     expected.cache_dir = str(paths["cache"])  # %config TuneCell.cache_dir, the config naming none
-    for name in ("export/tones.json", "export/tones.yaml"):
-        target = paths["root"] / name
-        result, captured = run(ip, f"%%finetune --export {target}", main_cell)
-        assert result.error_in_exec is None
-        assert captured.stdout.strip() == f"wrote {target}"
-        assert tunecell.load_config(target).model_dump() == expected.model_dump(), name
-    olive = json.loads((paths["root"] / "export/tones.json").read_text())
+    target = paths["root"] / "export/tones.yaml"
+    result, captured = run(ip, f"%%finetune --export {target}", main_cell)
+    assert result.error_in_exec is None and captured.stdout.strip() == f"wrote {target}"
+    assert tunecell.load_config(target).model_dump() == expected.model_dump()
+
+    target = paths["root"] / "export/tones.json"
+    result, captured = run(ip, f"%%finetune --export {target}", main_cell)
+    assert result.error_in_exec is None
+    lines = captured.stdout.strip().splitlines()
+    assert lines[0] == f"wrote {target}"
+    ignored = [line.split(": Olive 0.13 ignores it;")[0] for line in lines[1:]]
+    assert ignored == ["note: passes.lora.eval_dataset_size",
+                       "note: data_configs.tones.pre_process_data_config.train_on_prompt",
+                       "note: data_configs.tones.pre_process_data_config.labels",
+                       "note: evaluators.tones_eval.metrics.accuracy.label_column",
+                       "note: evaluators.tones_eval.metrics.accuracy.max_new_tokens",
+                       "note: evaluators.tones_eval.metrics.accuracy.max_samples"], lines
+    assert "no prompt masking" in lines[2]
+    olive = json.loads(target.read_text())
     assert olive["passes"]["lora"]["type"] == "LoRA" and olive["input_model"]["type"] == "HfModel"
-    assert olive["evaluators"]["tones_eval"]["metrics"][0]["sub_types"][0]["name"] == "accuracy_score"
+    metrics = olive["evaluators"]["tones_eval"]["metrics"]
+    assert [m["sub_types"] for m in metrics] == [[{"name": "accuracy_score", "priority": 1}],
+                                                 [{"name": "avg", "priority": 2}]]  # Olive: unique, 1..N
+    assert olive["passes"]["lora"]["training_args"]["warmup_ratio"] == 0  # Olive's default is 0.03
+    again = tunecell.load_config(target)  # the keys Olive ignores stay in the file: tunecell reads the same run
+    assert again.passes == expected.passes and again.data_configs == expected.data_configs
+    assert [m.priority for m in again.evaluators["tones_eval"].metrics] == [1, 2]
     assert magics(ip).runs == runs  # exporting runs nothing
     message = short_usage_error(*run(ip, f"%%finetune --export {paths['root'] / 'tones.txt'}", main_cell))
     assert ".json" in message and ".yaml" in message
@@ -775,7 +793,7 @@ def test_tunecell_status_runs_logs_export(ip: InteractiveShell, ft: RunResult, p
     assert out.strip() == f"wrote {target}"
     assert tunecell.load_config(target).model_dump() == ft.config.model_dump()
     last = paths["root"] / "last.json"
-    assert run(ip, f"%tunecell export {last}")[1].stdout.strip() == f"wrote {last}"
+    assert run(ip, f"%tunecell export {last}")[1].stdout.startswith(f"wrote {last}\nnote: ")
     assert tunecell.load_config(last).input_model == ft.config.input_model
     assert ".json" in short_usage_error(*run(ip, f"%tunecell export ft {paths['root'] / 'x.txt'}"))
     assert "has finished" in short_usage_error(*run(ip, "%tunecell cancel ft"))

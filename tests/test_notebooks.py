@@ -201,12 +201,23 @@ def test_olive_config_notebook_exports_configs_that_load_back(tmp_path: Path) ->
         exported = tmp_path / "exported" / f"{name}.json"
         data = json.loads(exported.read_text(encoding="utf-8"))
         assert data["input_model"]["type"] == "HfModel" and "engine" not in data, name  # Olive 0.13's layout
-        assert tunecell.load_config(exported).model_dump() == original.model_dump(), name
+        again = tunecell.load_config(exported)
+        # Olive 0.13 reads no AzureML datastore: data_files is the file's path inside it
+        datastore = original.data_configs[0].load_dataset_config.data_files
+        original.data_configs[0].load_dataset_config.data_files = datastore.relative_path
+        assert data["data_configs"][0]["load_dataset_config"]["data_files"] == datastore.relative_path
+        assert again.model_dump(exclude={"systems"}) == original.model_dump(exclude={"systems"}), name
+        # and it has no AzureML system: the same accelerators on a local one
+        assert data["systems"]["aml"] == {"type": "LocalSystem", "accelerators": [
+            {"device": "gpu", "execution_providers": ["CUDAExecutionProvider"]}]}, name
+        assert again.systems["aml"].accelerators == original.systems["aml"].accelerators
     dry_runs = [outputs_of(c) for c in nb.cells if c.source.startswith("%%finetune --dry-run")]
     assert len(dry_runs) == 3
     for text in dry_runs:
         assert "1. lora [QLoRA]" in text and "3. builder [ModelBuilder]" in text and "host: aml" in text
     assert "note: passes.lora: lora_r is now r" in dry_runs[0]
+    export = outputs_of(cell_starting(nb, "%%finetune --export exported/cookbook.json"))
+    assert "note: systems.aml: Olive 0.13 has no AzureML system" in export
 
 
 def test_azureml_notebook_dry_run(tmp_path: Path) -> None:

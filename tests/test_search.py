@@ -123,6 +123,7 @@ def test_search_space_round_trips_through_export(tmp_path):
     from tunecell.config.export import export_config
 
     config = tunecell.load_config(SEARCH.format(model="m", data=DATA, tmp=tmp_path))
-    again = tunecell.load_config(export_config(config, tmp_path / "c.yaml"))
+    assert export_config(config, tmp_path / "c.yaml") == []
+    again = tunecell.load_config(tmp_path / "c.yaml")
     assert again.search_space == config.search_space == {"mb": {"precision": ["int4", "fp32"],
                                                                  "int4_block_size": [32, 64]}}

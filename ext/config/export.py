@@ -1,4 +1,4 @@
-"""A normalised config back to text: tunecell YAML (minimal) or Olive 0.13-style JSON; both load back the same."""
+"""A normalised config back to text: tunecell YAML (minimal; it loads back to the same config) or Olive 0.13 JSON."""
 from __future__ import annotations
 
 import json
@@ -34,44 +34,104 @@ def minimal_dict(config: schema.WorkflowConfig) -> dict[str, Any]:
     return data
 
 
+TRANSFORMERS_OPTIM = "adamw_torch_fused"  # TrainingArguments' default optimizer, which tunecell leaves in place
 SUB_TYPE = {"accuracy": "accuracy_score", "latency": "avg", "throughput": "avg", "size_on_disk": "avg"}
+SAME_TEXT_AS_OLIVE = "it trains on the whole text (it has no prompt masking)"
+OLIVE_MATCHES_NO_LABEL_WORDS = "its accuracy compares model outputs with dataloader labels, not generated label words"
+# tunecell's settings that Olive 0.13 has no key for. It loads a config holding them (with a warning) and ignores
+# them, so the Olive export keeps them (the file still records the run, and loads back into tunecell the same) and
+# says what Olive does instead.
+OLIVE_IGNORES: dict[str, dict[str, str]] = {
+    "input_model": {"gguf_file": "it loads no GGUF file: point model_path at the converted HF folder"},
+    "pre_process_data_config": {
+        "train_on_prompt": SAME_TEXT_AS_OLIVE, "response_template": SAME_TEXT_AS_OLIVE,
+        "labels": "it keeps no label set with the data", "label_column": "it keeps no label set with the data",
+        "shuffle": "it takes max_samples from the top, unshuffled", "data_seed": "it does not shuffle the rows",
+        "use_chat_template": "it formats rows with its own chat_template and message_col keys"},
+    "pass": {"eval_dataset_size": "its LoRA holds no rows out (give it an eval_data_config)"},
+    "metric": {"label_column": OLIVE_MATCHES_NO_LABEL_WORDS, "labels": OLIVE_MATCHES_NO_LABEL_WORDS,
+               "max_new_tokens": OLIVE_MATCHES_NO_LABEL_WORDS, "max_samples": "it scores every evaluation row"},
+}
 
 
-def olive_dict(config: schema.WorkflowConfig) -> dict[str, Any]:
-    """Olive 0.13's layout: metric goal and priority inside sub_types, and the settings whose defaults differ
-    between the two (torch_dtype, gradient_checkpointing, pad_to_max_len) written out; the rest as tunecell
-    writes it (tunecell-only keys included: Olive rejects those, and AzureML systems)."""
-    data = minimal_dict(config)
+def olive_dict(config: schema.WorkflowConfig) -> tuple[dict[str, Any], list[str]]:
+    """The config in Olive 0.13's schema, which a real Olive 0.13 loads (bench/olive_export_check.py), and notes
+    on each setting Olive ignores or cannot express. Settings whose defaults differ between the two are written
+    out; priorities are numbered 1..N in their order; AzureML systems become local ones (Olive 0.13 has none)."""
+    data, notes = minimal_dict(config), []
+
+    def note_ignored(section: str, node: dict, where: str) -> None:
+        for key, why in OLIVE_IGNORES[section].items():
+            if key in node:
+                notes.append(f"{where}.{key}: Olive 0.13 ignores it; {why}")
+
+    note_ignored("input_model", data["input_model"], "input_model")
+    load_kwargs = data["input_model"].get("load_kwargs", {})
+    if "dtype" in load_kwargs:
+        load_kwargs["torch_dtype"] = load_kwargs.pop("dtype")
     for name, p in config.passes.items():
+        out = data["passes"][name]
         if isinstance(p, schema.LoRA):
-            out = data["passes"][name]
+            note_ignored("pass", out, f"passes.{name}")
             out["torch_dtype"] = p.torch_dtype
-            out.setdefault("training_args", {})["gradient_checkpointing"] = p.training_args.gradient_checkpointing
+            args, ours = out.setdefault("training_args", {}), p.training_args
+            for key in ("gradient_checkpointing", "num_train_epochs", "logging_steps"):  # Olive: True, 3, 500
+                args[key] = getattr(ours, key)
+            if isinstance(p, schema.QLoRA):  # Olive's QLoRA default is paged_adamw_32bit
+                args["optim"] = (ours.model_extra or {}).get("optim", TRANSFORMERS_OPTIM)
+            if p.training_args.warmup_steps < 1:  # Olive's own default is warmup_ratio 0.03
+                args.pop("warmup_steps", None)
+                args["warmup_ratio"] = p.training_args.warmup_steps
+        if isinstance(p, schema.ModelBuilder) and p.precision == "int4":
+            out["int4_algo_config"] = p.int4_algo_config  # Olive leaves the builder's own default
     for i, dc in enumerate(config.data_configs):
-        pre = data["data_configs"][i].setdefault("pre_process_data_config", {})
+        out = data["data_configs"][i]
+        pre = out.setdefault("pre_process_data_config", {})
+        note_ignored("pre_process_data_config", pre, f"data_configs.{dc.name}.pre_process_data_config")
         pre["pad_to_max_len"] = dc.pre_process_data_config.pad_to_max_len
-    for evaluator in data.get("evaluators", {}).values():
-        for metric in evaluator["metrics"]:
-            sub = {"name": SUB_TYPE[metric["type"]], "priority": metric.pop("priority", 1)}
+        files = dc.load_dataset_config.data_files
+        if isinstance(files, schema.AzureMLDatastore):
+            out["load_dataset_config"]["data_files"] = files.relative_path
+            notes.append(f"data_configs.{dc.name}: Olive 0.13 reads no AzureML datastore; data_files is its "
+                         f"relative_path {files.relative_path!r}: download the file there")
+    for name, evaluator in data.get("evaluators", {}).items():
+        metrics = evaluator["metrics"]
+        ranked = sorted(range(len(metrics)), key=lambda i: metrics[i].get("priority", 1))
+        for rank, i in enumerate(ranked, 1):  # Olive wants priorities 1..N, each once
+            metric = metrics[i]
+            metric.pop("priority", None)
+            note_ignored("metric", metric, f"evaluators.{name}.metrics.{metric['name']}")
+            sub = {"name": SUB_TYPE[metric["type"]], "priority": rank}
             if "goal" in metric:
                 sub["goal"] = metric.pop("goal")
             metric["sub_types"] = [sub]
-    return data
+    for name, system in config.systems.items():
+        if isinstance(system, schema.AzureMLSystem):
+            accelerators = [a.model_dump(mode="json") for a in system.accelerators]
+            data["systems"][name] = {"type": "LocalSystem", "accelerators": accelerators}
+            notes.append(f"systems.{name}: Olive 0.13 has no AzureML system; exported as a LocalSystem with the "
+                         "same accelerators (run it where they are, or submit the tunecell YAML export)")
+    if data.pop("azureml_client", None) is not None:
+        notes.append("azureml_client left out: Olive 0.13 has no AzureML support")
+    return data, notes
 
 
-def export_config(config: schema.WorkflowConfig, path: Union[str, os.PathLike]) -> Path:
-    """Write ``config`` to ``path``: .json as Olive-style JSON, .yaml/.yml as tunecell YAML. Atomic."""
+def export_config(config: schema.WorkflowConfig, path: Union[str, os.PathLike]) -> list[str]:
+    """Write ``config`` to ``path``, atomically: .yaml/.yml as tunecell YAML (it loads back to the same config),
+    .json as Olive 0.13 JSON. Returns the notes on what the Olive file leaves out (none for YAML)."""
     import yaml
 
-    path = Path(path)
+    path, notes = Path(path), []
     if path.suffix == ".json":
-        text = json.dumps(olive_dict(config), indent=2) + "\n"
+        data, notes = olive_dict(config)
+        text = json.dumps(data, indent=2) + "\n"
     elif path.suffix in (".yaml", ".yml"):
         text = yaml.safe_dump(minimal_dict(config), sort_keys=False, allow_unicode=True)
     else:
-        raise ValueError(f"export to .json (Olive-style) or .yaml (tunecell), not {path.suffix or 'no suffix'}")
+        raise ValueError(f"export to .yaml (tunecell, runs the same) or .json (Olive 0.13), "
+                         f"not {path.suffix or 'no suffix'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    return path
+    return notes
