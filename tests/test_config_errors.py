@@ -210,6 +210,9 @@ CASES = [
     case("json-missing-comma", OLIVE013.replace('"r": 64, ', '"r": 64 '), "invalid JSON: Expecting ',' delimiter", (),
          line_of(OLIVE013, '"r": 64')),
     case("template-undefined", edit("r: 16", "r: {{ rank }}"), "{{ rank }} is not defined", (), 13),
+    case("bool-for-int", edit("r: 16", "r: true"), "expected a number, not true", ("passes", "lora", "r"), 13, 5),
+    case("bool-for-float", edit("learning_rate: 3.0e-4", "learning_rate: false"), "expected a number, not false",
+         ("passes", "lora", "training_args", "learning_rate"), 19),
     # ---- not a mapping
     case("not-mapping-list", "- input_model: x\n- passes: {}\n", "not a list", (), 1),
     case("not-mapping-scalar", "# a comment\ninput_model\n", "not a single value ('input_model')", (), 2),
@@ -260,6 +263,11 @@ def test_set_errors_are_config_errors():
     with pytest.raises(ConfigError, match="is not a mapping") as info:
         load_config(EXAMPLE, overrides=["passes.lora.r.x=1"])
     assert info.value.path == ("passes", "lora", "r") and info.value.line == 13
+    with pytest.raises(ConfigError, match="there is no passes entry 'lroa' \\(there are: lora, merge, mb\\)") as info:
+        load_config(EXAMPLE, overrides=["passes.lroa.r=8"])  # a typo must not add a pass
+    assert info.value.hint == "did you mean 'lora'?" and info.value.path == ("passes",)
+    config = load_config(EXAMPLE, overrides=["passes.lora.training_args.warmup_steps=5"])  # new keys still can
+    assert config.passes["lora"].training_args.warmup_steps == 5
 
 
 def test_cli_reports_the_error_with_its_place(tmp_path, capsys):

@@ -180,6 +180,9 @@ def _template_line(error: BaseException) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------------------------- overrides
+NAMED_SECTIONS = ("passes", "evaluators", "systems")
+
+
 def apply_override(tree: LocatedDict, item: str) -> None:
     """``passes.lora.r=8``: set one key (YAML-typed value); data_configs entries are addressed by name."""
     import yaml
@@ -193,6 +196,10 @@ def apply_override(tree: LocatedDict, item: str) -> None:
         if isinstance(node, list):
             node = next((x for x in node if isinstance(x, dict) and x.get("name") == part), None) \
                 if not part.isdigit() else (node[int(part)] if int(part) < len(node) else None)
+        elif isinstance(node, dict) and i == 1 and parts[0] in NAMED_SECTIONS and part not in node:
+            names = ", ".join(map(str, node)) or "none"  # a typo would otherwise add a new pass, evaluator or system
+            raise ConfigError(f"--set {key}: there is no {parts[0]} entry {part!r} (there are: {names})",
+                              path=tuple(parts[:i]), hint=_did_you_mean(part, [str(name) for name in node]))
         else:
             node = node.setdefault(part, LocatedDict()) if isinstance(node, dict) else None
         if node is None:
@@ -217,6 +224,9 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
     hint = None
     if kind == "value_error" and "extra_forbidden:" in message:  # TrainingArgs' own unknown-key check
         loc, kind = loc + (message.split("extra_forbidden:")[1],), "extra_forbidden"
+    if kind == "value_error" and "bool_for_number:" in message:  # schema.Model's check
+        key, value = message.split("bool_for_number:")[1].split(":")
+        loc, message = loc + (key,), f"expected a number, not {value}"
     clean, pos = locate(tree, loc)
     if kind == "extra_forbidden":
         key = clean[-1]

@@ -15,9 +15,24 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, T
 from .training_args import TRAINING_ARGUMENT_NAMES
 
 
+NUMBERS = (int, float, Optional[int], Optional[float])
+
+
 class Model(BaseModel):
     # allow_inf_nan=False: `.inf` or `.nan` is never a sensible setting, and inf broke range checks (int(inf)).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        """pydantic reads YAML's true as the number 1 (`r: true` would train with r=1). The loader turns the
+        marker into a located message (a field validator cannot do this: `type` fields are union tags)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and field.annotation in NUMBERS:
+                    raise ValueError(f"bool_for_number:{key}:{str(value).lower()}")
+        return data
 
 
 # ---------------------------------------------------------------------------------------------- models
