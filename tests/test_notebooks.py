@@ -202,6 +202,8 @@ def test_olive_config_notebook_exports_configs_that_load_back(tmp_path: Path) ->
         data = json.loads(exported.read_text(encoding="utf-8"))
         assert data["input_model"]["type"] == "HfModel" and "engine" not in data, name  # Olive 0.13's layout
         again = tunecell.load_config(exported)
+        # QLoRA's optimizer is written out, as Olive's QLoRA default differs: the same optimizer, now explicit
+        assert again.passes["lora"].training_args.model_extra.pop("optim") == "adamw_torch_fused"
         # Olive 0.13 reads no AzureML datastore: data_files is the file's path inside it
         datastore = original.data_configs[0].load_dataset_config.data_files
         original.data_configs[0].load_dataset_config.data_files = datastore.relative_path
