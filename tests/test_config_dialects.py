@@ -309,3 +309,13 @@ def test_olive_export_numbers_priorities_and_writes_settings_whose_defaults_diff
     again = load_config(tmp_path / "olive.json")
     assert again.passes == config.passes and again.data_configs == config.data_configs
     assert "training_args: warmup_ratio is now warmup_steps" in " ".join(again.notes)
+
+
+def test_olive_export_leaves_out_a_gguf_file_with_a_note(tmp_path):
+    from tunecell.config.export import export_config
+
+    config = load_config(EXAMPLE.replace("model_path: HuggingFaceTB/SmolLM2-135M-Instruct",
+                                         "model_path: models/smol, gguf_file: smol.Q4_1.gguf"))
+    notes = export_config(config, tmp_path / "olive.json")
+    assert "gguf_file" not in json.loads((tmp_path / "olive.json").read_text())["input_model"]
+    assert notes[0].startswith("input_model.gguf_file left out: Olive 0.13 loads no GGUF file")

@@ -42,7 +42,6 @@ OLIVE_MATCHES_NO_LABEL_WORDS = "its accuracy compares model outputs with dataloa
 # them, so the Olive export keeps them (the file still records the run, and loads back into tunecell the same) and
 # says what Olive does instead.
 OLIVE_IGNORES: dict[str, dict[str, str]] = {
-    "input_model": {"gguf_file": "it loads no GGUF file: point model_path at the converted HF folder"},
     "pre_process_data_config": {
         "train_on_prompt": SAME_TEXT_AS_OLIVE, "response_template": SAME_TEXT_AS_OLIVE,
         "labels": "it keeps no label set with the data", "label_column": "it keeps no label set with the data",
@@ -65,7 +64,9 @@ def olive_dict(config: schema.WorkflowConfig) -> tuple[dict[str, Any], list[str]
             if key in node:
                 notes.append(f"{where}.{key}: Olive 0.13 ignores it; {why}")
 
-    note_ignored("input_model", data["input_model"], "input_model")
+    if data["input_model"].pop("gguf_file", None) is not None:  # Olive's HfModel would fail on the key
+        notes.append("input_model.gguf_file left out: Olive 0.13 loads no GGUF file (point model_path at an HF "
+                     "folder: tunecell's converted copy is under its cache_dir/models)")
     load_kwargs = data["input_model"].get("load_kwargs", {})
     if "dtype" in load_kwargs:
         load_kwargs["torch_dtype"] = load_kwargs.pop("dtype")
