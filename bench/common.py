@@ -39,20 +39,14 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from tunecell.estimate import cpu_name
+
     mem = 0
     try:
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     except (OSError, ValueError, IndexError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_mib": mem, "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "mem_mib": mem, "python": platform.python_version(),
             "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "load_avg_at_start": os.getloadavg()}
 

@@ -19,6 +19,17 @@ def emit(data) -> None:
 
 
 # ----------------------------------------------------------------------------------------- hardware
+def timed_reps(fn, reps: int):
+    """fn() once to warm up, then reps timed calls: (the last result, the seconds of each)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, times
+
+
 def gemm(args) -> None:
     """fp32 GEMM FLOP/s with torch.matmul on `threads` threads (median of reps, after a warm-up)."""
     import torch
@@ -217,12 +228,7 @@ def generation(args) -> None:
             return model.generate(**enc, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
                                   num_beams=1, pad_token_id=tok.pad_token_id or tok.eos_token_id)
 
-    pt_gen()
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        out = pt_gen()
-        times.append(time.perf_counter() - t0)
+    out, times = timed_reps(pt_gen, args.reps)
     pt_tokens = out[0, plen:].tolist()
     results["pytorch"] = {"tok_per_s": args.new / statistics.median(times), "times": times}
     del model
@@ -253,12 +259,7 @@ def generation(args) -> None:
                 toks.append(int(g.get_next_tokens()[0]))
             return toks
 
-        og_gen()
-        times = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            toks = og_gen()
-            times.append(time.perf_counter() - t0)
+        toks, times = timed_reps(og_gen, args.reps)
         rate = len(toks) / statistics.median(times)
         wb = weight_bytes_per_token(Path(path) / "model.onnx")
         entry = {"tok_per_s": rate, "times": times, "n_tokens": len(toks),

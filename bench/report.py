@@ -73,7 +73,7 @@ def table() -> str:
     gen = _load("gen")
     if gen:
         s = gen["summary"]
-        best = "tunecell-b32-rtn"
+        best = "b32-kquant"  # block 32 with tunecell's default int4_algo_config
         for name, v in s.items():
             if not isinstance(v, dict):
                 continue

@@ -206,8 +206,7 @@ def row_e2e(args) -> dict:
             if workload == "smollm2":  # row 2 from the same runs: the GEMM rate of this repetition
                 one["gemm_gflops"] = probe("gemm", "--threads", "2")["gflops_median"]
             for tool in order:
-                if args.wait_idle:
-                    wait_idle(args.max_load, limit=args.max_wait)
+                settle(args)
                 log(f"e2e {workload} run {i + 1}/{args.runs}: {tool}")
                 logs = RESULTS / "logs" / f"e2e-{workload}-{tool}-{i}.log"
                 if tool == "tunecell":
@@ -302,8 +301,7 @@ def row_train(args) -> dict:
     data = {"machine": machine(), "workload": workload, "runs": [], "steps": STEPS,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     for i in range(args.runs):
-        if args.wait_idle:
-            wait_idle(args.max_load, limit=args.max_wait)
+        settle(args)
         log(f"train run {i + 1}/{args.runs}")
         g = probe("gemm", "--threads", os.environ.get("OMP_NUM_THREADS", "2"))
         clear_pass_cache(workload)
@@ -359,8 +357,7 @@ def row_cached(args) -> dict:
     cfg, first = full_run(workload)
     data = {"machine": machine(), "workload": workload, "first_full_run": first, "cli": [], "inprocess": []}
     for i in range(args.runs):
-        if args.wait_idle:
-            wait_idle(args.max_load, limit=args.max_wait)
+        settle(args)
         m = timed([TUNECELL, "run", "--config", str(cfg), "--progress", "none"],
                   RESULTS / "logs" / f"cached-cli-{i}.log")
         c = probe("cached-cli", str(cfg))
@@ -404,8 +401,7 @@ def row_accuracy(args) -> dict:
 def row_loadext(args) -> dict:
     runs = []
     for i in range(args.runs):
-        if args.wait_idle:
-            wait_idle(args.max_load, limit=args.max_wait)
+        settle(args)
         runs.append(probe("loadext"))
     data = {"machine": machine(), "runs": runs, "summary": {
         "seconds": median([r["seconds"] for r in runs]), "torch_imported": any(r["torch_imported"] for r in runs),
@@ -455,8 +451,7 @@ def row_gen(args) -> dict:
         built[name] = target
     data = {"machine": machine(), "runs": [], "accuracy": {}}
     for i in range(args.runs):
-        if args.wait_idle:
-            wait_idle(args.max_load, limit=args.max_wait)
+        settle(args)
         log(f"generation run {i + 1}/{args.runs}")
         r = probe("generation", str(merged), *[f"{n}={p}" for n, p in built.items()])
         data["runs"].append(r)
@@ -485,8 +480,7 @@ def row_gen(args) -> dict:
 def row_preview(args) -> dict:
     runs = []
     for i in range(args.runs):
-        if args.wait_idle:
-            wait_idle(args.max_load, limit=args.max_wait)
+        settle(args)
         p = py([str(ROOT / "bench" / "bench_preview.py"), "100000"])
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-3000:])
@@ -513,6 +507,12 @@ def busy_fraction(seconds: float = 10.0) -> float:
     time.sleep(seconds)
     t1, i1 = total()
     return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def settle(args) -> None:
+    """Before a timed measurement: wait for an idle machine when --wait-idle is given."""
+    if args.wait_idle:
+        wait_idle(args.max_load, limit=args.max_wait)
 
 
 def wait_idle(max_load: float, poll: int = 60, limit: int = 2400, between_limit: int = 180) -> None:
