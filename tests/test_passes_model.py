@@ -1,6 +1,7 @@
 """Merge, ONNX build, inference and metrics on the tiny random Phi-3 (plumbing only: its outputs are noise)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from tunecell import evaluate
 from tunecell.inference import first_label, load_model
 from tunecell.passes.merge import merge_adapter
-from tunecell.passes.model_builder import build_onnx
+from tunecell.passes.model_builder import build_onnx, k_quant_in_slices
 
 LORA_R, LORA_ALPHA = 8, 16
 PROMPTS = ["### Text: I lost my dog today\n### The tone is:\n", "Return the sum of", "hello there",
@@ -123,6 +124,33 @@ def test_builder_wants_a_local_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a local Hugging Face model folder"):
         build_onnx(Path("someone/some-model"), tmp_path / "out", precision="int4", execution_provider="cpu",
                    scratch_dir=tmp_path / "scratch")
+
+
+def test_k_quant_in_slices_gives_the_same_values():
+    import numpy as np
+    from onnxruntime.quantization.neural_compressor import weight_only
+
+    weight = np.random.default_rng(0).normal(size=(23 * 32, 64)).astype(np.float32)
+    whole = weight_only.quant_tensor_k_quant_cpu(weight, 4, 32)
+    with k_quant_in_slices(blocks_per_slice=5):
+        sliced = weight_only.quant_tensor_k_quant_cpu(weight, 4, 32)
+    assert weight_only.quant_tensor_k_quant_cpu.__name__ == "quant_tensor_k_quant_cpu"  # restored on exit
+    assert len(sliced) == len(whole) == 3
+    for got, expected in zip(sliced, whole):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_sliced_k_quant_build_writes_the_same_bytes(merged, tmp_path):
+    """The tiny model's weights are smaller than a slice, so the outer, smaller slicing is what the builder runs."""
+    outputs = []
+    for blocks_per_slice in (None, 3):
+        out = tmp_path / f"out-{blocks_per_slice}"
+        with k_quant_in_slices(blocks_per_slice) if blocks_per_slice else contextlib.nullcontext():
+            build_onnx(merged, out, precision="int4", execution_provider="cpu", int4_algo_config="k_quant",
+                       scratch_dir=tmp_path / "scratch")
+        outputs.append(((out / "model.onnx").read_bytes(), (out / "model.onnx.data").read_bytes()))
+    assert outputs[0] == outputs[1]
 
 
 def test_builder_leaves_root_logging_alone(merged, tmp_path):

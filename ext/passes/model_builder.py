@@ -51,12 +51,52 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
     import transformers  # noqa: F401
 
     with _environ(HF_HOME=str(scratch_dir / "hf-home"), XDG_CACHE_HOME=str(scratch_dir / "xdg-cache")), \
-            _root_logging_kept():
+            _root_logging_kept(), k_quant_in_slices():
         from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
         # parse_extra_options also loads the HF config and tokenizer that create_model needs ("hf_details")
         parsed = parse_extra_options(*args, option_list)
         create_model(*args, **parsed)
+
+
+@contextmanager
+def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
+    """Make onnxruntime's k_quant quantize a weight a slice of blocks at a time, with the same result.
+
+    Its CPU function quantizes a whole weight in one vectorized call whose temporaries come to about ten times the
+    weight's fp32 size: 1.1 GB for SmolLM2's 113 MB lm_head, which made it the int4 build's peak. Each block of
+    group_size values is quantized on its own, so slicing changes no output byte (tests/test_passes_model.py).
+    Where onnxruntime lacks the function (another version), nothing is changed.
+    """
+    try:
+        from onnxruntime.quantization.neural_compressor import weight_only
+    except ImportError:
+        yield
+        return
+    whole = getattr(weight_only, "quant_tensor_k_quant_cpu", None)
+    if whole is None:
+        yield
+        return
+    import numpy as np
+
+    def sliced(data, num_bits=4, group_size=32):
+        blocks = np.reshape(data, (-1, group_size))
+        if len(blocks) <= blocks_per_slice:
+            return whole(blocks, num_bits, group_size)
+        outputs = None
+        for start in range(0, len(blocks), blocks_per_slice):
+            parts = whole(blocks[start:start + blocks_per_slice], num_bits, group_size)
+            if outputs is None:  # q_weight (blocks, group_size), scale and zero_point (blocks, 1)
+                outputs = [np.empty((len(blocks),) + part.shape[1:], part.dtype) for part in parts]
+            for output, part in zip(outputs, parts):
+                output[start:start + len(part)] = part
+        return tuple(outputs)
+
+    weight_only.quant_tensor_k_quant_cpu = sliced
+    try:
+        yield
+    finally:
+        weight_only.quant_tensor_k_quant_cpu = whole
 
 
 @contextmanager
