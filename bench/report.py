@@ -73,7 +73,7 @@ def table() -> str:
     gen = _load("gen")
     if gen:
         s = gen["summary"]
-        best = "b32-kquant"  # block 32 with tunecell's default int4_algo_config
+        best = "tunecell-default-via-load_model"  # k_quant, block 32, the session as tunecell.load_model makes it
         for name, v in s.items():
             if not isinstance(v, dict):
                 continue

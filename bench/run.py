@@ -412,14 +412,14 @@ def row_loadext(args) -> dict:
 
 # ------------------------------------------------------------------------------------------------ row 5
 VARIANTS = [  # (name, builder args of `bench.probes build`, onnxruntime-genai session intra-op threads or None)
-    ("tunecell-b32-rtn", ["--block", "32", "--extra", "algo_config=rtn"], None),  # tunecell's default now
-    ("builder-default-b32", ["--block", "32", "--extra", "algo_config=default"], None),  # tunecell's before
+    ("tunecell-default-via-load_model", ["--block", "32", "--extra", "algo_config=k_quant"], None),  # as users get it
+    ("b32-kquant", ["--block", "32", "--extra", "algo_config=k_quant"], None),
+    ("b32-rtn", ["--block", "32", "--extra", "algo_config=rtn"], None),
+    ("builder-default-b32", ["--block", "32", "--extra", "algo_config=default"], None),  # tunecell's first
     ("b64-rtn", ["--block", "64", "--extra", "algo_config=rtn"], None),
     ("b128-rtn", ["--block", "128", "--extra", "algo_config=rtn"], None),
     ("b32-rtn-acc1", ["--block", "32", "--acc", "1", "--extra", "algo_config=rtn"], None),
-    ("b32-kquant", ["--block", "32", "--extra", "algo_config=k_quant"], None),
     ("b32-rtn-threads2", ["--block", "32", "--extra", "algo_config=rtn"], 2),
-    ("tunecell-b32-rtn-via-load_model", ["--block", "32", "--extra", "algo_config=rtn"], None),
     ("b128-rtn-threads2", ["--block", "128", "--extra", "algo_config=rtn"], 2),
 ]
 
