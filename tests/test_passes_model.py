@@ -133,6 +133,7 @@ def test_k_quant_in_slices_gives_the_same_values():
     weight = np.random.default_rng(0).normal(size=(23 * 32, 64)).astype(np.float32)
     whole = weight_only.quant_tensor_k_quant_cpu(weight, 4, 32)
     with k_quant_in_slices(blocks_per_slice=5):
+        assert weight_only.quant_tensor_k_quant_cpu.__name__ == "sliced"  # 1,472 blocks: 295 slices
         sliced = weight_only.quant_tensor_k_quant_cpu(weight, 4, 32)
     assert weight_only.quant_tensor_k_quant_cpu.__name__ == "quant_tensor_k_quant_cpu"  # restored on exit
     assert len(sliced) == len(whole) == 3
