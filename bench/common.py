@@ -25,6 +25,8 @@ TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 LABELS = ["Sad", "Joy", "Fear", "Surprise"]
 SMOL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL_CACHE = WORK / "model-cache"  # tunecell cache_dir holding the dequantized SmolLM2 (models/<digest>)
+# row 5's variant that is tunecell's default int4 model (k_quant, block 32) opened by tunecell.load_model
+DEFAULT_VARIANT = "tunecell-default-via-load_model"
 
 
 def env(**extra: str) -> dict[str, str]:

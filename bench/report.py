@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from bench.common import RESULTS
+from bench.common import DEFAULT_VARIANT, RESULTS
 
 
 def _load(row: str) -> Optional[dict]:
@@ -73,11 +73,10 @@ def table() -> str:
     gen = _load("gen")
     if gen:
         s = gen["summary"]
-        best = "tunecell-default-via-load_model"  # k_quant, block 32, the session as tunecell.load_model makes it
         for name, v in s.items():
             if not isinstance(v, dict):
                 continue
-            mark = " (tunecell's default)" if name == best else ""
+            mark = " (tunecell's default)" if name == DEFAULT_VARIANT else ""
             lines.append(f"| 5 | int4 {name}{mark}: tokens/s, x PyTorch fp32 ({_f(s['pytorch_tok_per_s'])} tok/s) | "
                          f"{_f(v['tok_per_s'])} | | {_f(v['speedup'], '{:.2f}')}x | >= 6.5x | "
                          f"{'yes' if v['speedup'] >= 6.5 else 'no'} |")

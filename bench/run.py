@@ -19,8 +19,9 @@ if __package__ in (None, ""):  # python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "bench"
 
-from bench.common import (DATA, LABELS, MODEL_CACHE, OLIVE, PY, RESULTS, ROOT, SMOL_ID, TEMPLATE, TUNECELL,  # noqa: E402
-                          WORK, env, last_json_line, load1, machine, median, py, save, timed)
+from bench.common import (DATA, DEFAULT_VARIANT, LABELS, MODEL_CACHE, OLIVE, PY, RESULTS, ROOT,  # noqa: E402
+                          SMOL_ID, TEMPLATE, TUNECELL, WORK, env, last_json_line, load1, machine, median, py, save,
+                          timed)
 
 WORKLOADS = {
     "smollm2": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
@@ -412,7 +413,7 @@ def row_loadext(args) -> dict:
 
 # ------------------------------------------------------------------------------------------------ row 5
 VARIANTS = [  # (name, builder args of `bench.probes build`, onnxruntime-genai session intra-op threads or None)
-    ("tunecell-default-via-load_model", ["--block", "32", "--extra", "algo_config=k_quant"], None),  # as users get it
+    (DEFAULT_VARIANT, ["--block", "32", "--extra", "algo_config=k_quant"], None),  # as users get it
     ("b32-kquant", ["--block", "32", "--extra", "algo_config=k_quant"], None),
     ("b32-rtn", ["--block", "32", "--extra", "algo_config=rtn"], None),
     ("builder-default-b32", ["--block", "32", "--extra", "algo_config=default"], None),  # tunecell's first

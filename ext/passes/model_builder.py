@@ -71,8 +71,7 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
     try:
         from onnxruntime.quantization.neural_compressor import weight_only
     except ImportError:
-        yield
-        return
+        weight_only = None
     whole = getattr(weight_only, "quant_tensor_k_quant_cpu", None)
     if whole is None:
         yield
