@@ -11,7 +11,9 @@ import pytest
 from tunecell import evaluate
 from tunecell.inference import first_label, load_model
 from tunecell.passes.merge import merge_adapter
-from tunecell.passes.model_builder import build_onnx, k_quant_in_slices
+from tunecell.passes import model_builder
+from tunecell.passes.model_builder import (build_onnx, k_quant_in_slices, weights_read_into_memory,
+                                             weights_released_once_serialized)
 
 LORA_R, LORA_ALPHA = 8, 16
 PROMPTS = ["### Text: I lost my dog today\n### The tone is:\n", "Return the sum of", "hello there",
@@ -126,32 +128,96 @@ def test_builder_wants_a_local_folder(tmp_path):
                    scratch_dir=tmp_path / "scratch")
 
 
-def test_k_quant_in_slices_gives_the_same_values():
+@pytest.mark.parametrize("shape", [(23 * 32, 64), (10, 48)], ids=["by rows", "by blocks"])
+def test_k_quant_in_slices_gives_the_same_values(shape):
+    """As rtn_quantize calls it: the transposed weight. Blocks of 32 along rows of 736 values (sliced by rows);
+    and a 10 x 48 weight whose rows are not whole blocks (sliced by blocks)."""
     import numpy as np
     from onnxruntime.quantization.neural_compressor import weight_only
 
-    weight = np.random.default_rng(0).normal(size=(23 * 32, 64)).astype(np.float32)
-    whole = weight_only.quant_tensor_k_quant_cpu(weight, 4, 32)
+    weight = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    whole = weight_only.quant_tensor_k_quant_cpu(weight.T, 4, 32)
     with k_quant_in_slices(blocks_per_slice=5):
-        assert weight_only.quant_tensor_k_quant_cpu.__name__ == "sliced"  # 1,472 blocks: 295 slices
-        sliced = weight_only.quant_tensor_k_quant_cpu(weight, 4, 32)
+        assert weight_only.quant_tensor_k_quant_cpu.__name__ == "sliced"
+        sliced = weight_only.quant_tensor_k_quant_cpu(weight.T, 4, 32)
     assert weight_only.quant_tensor_k_quant_cpu.__name__ == "quant_tensor_k_quant_cpu"  # restored on exit
-    assert len(sliced) == len(whole) == 3
-    for got, expected in zip(sliced, whole):
+    (q_sliced, *rest_sliced), (q_whole, *rest_whole) = sliced, whole
+    assert q_sliced.dtype == np.uint8 and q_sliced.shape == q_whole.shape  # whole gives float64 integers
+    np.testing.assert_array_equal(q_sliced, q_whole)
+    np.testing.assert_array_equal(q_sliced, q_whole.astype("uint8"))  # what rtn_quantize writes
+    for got, expected in zip(rest_sliced, rest_whole):  # scale, zero point
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
 
 
-def test_sliced_k_quant_build_writes_the_same_bytes(merged, tmp_path):
-    """The tiny model's weights are smaller than a slice, so the outer, smaller slicing is what the builder runs."""
-    outputs = []
-    for blocks_per_slice in (None, 3):
-        out = tmp_path / f"out-{blocks_per_slice}"
-        with k_quant_in_slices(blocks_per_slice) if blocks_per_slice else contextlib.nullcontext():
-            build_onnx(merged, out, precision="int4", execution_provider="cpu", int4_algo_config="k_quant",
-                       scratch_dir=tmp_path / "scratch")
-        outputs.append(((out / "model.onnx").read_bytes(), (out / "model.onnx.data").read_bytes()))
-    assert outputs[0] == outputs[1]
+def test_serialized_weights_are_released():
+    import gc
+    import weakref
+
+    import numpy as np
+    import onnx_ir
+    import torch
+    from onnx_ir import serde
+    from onnx_ir.tensor_adapters import TorchTensor
+
+    weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    alive = weakref.ref(weight)
+    value = onnx_ir.Value(name="w", type=onnx_ir.TensorType(onnx_ir.DataType.FLOAT), shape=onnx_ir.Shape([3, 4]))
+    value.const_value = TorchTensor(weight, name="w")
+    graph = onnx_ir.Graph([], [value], nodes=[], initializers=[value], name="g")
+    model = onnx_ir.Model(graph, ir_version=10)
+    del weight
+    with weights_released_once_serialized():
+        lone = onnx_ir.to_proto(TorchTensor(torch.ones(2), name="t"))  # a lone tensor: left alone
+        proto = onnx_ir.to_proto(model)
+    gc.collect()
+    assert value.const_value is None and alive() is None
+    np.testing.assert_array_equal(onnx_ir.from_proto(proto.graph.initializer[0]).numpy(),
+                                  np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert list(onnx_ir.from_proto(lone).numpy()) == [1.0, 1.0]
+    assert onnx_ir.to_proto.__name__ == "to_proto" and serde.serialize_tensor_into.__name__ == "serialize_tensor_into"
+
+
+def test_weights_read_into_memory_maps_no_file(merged):
+    import gc
+
+    import torch
+    import transformers.modeling_utils
+    from transformers import AutoModelForCausalLM
+
+    def mapped() -> bool:
+        return str(merged / "model.safetensors") in Path("/proc/self/maps").read_text()
+
+    def weights(model) -> dict:
+        return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    with weights_read_into_memory():
+        read = weights(AutoModelForCausalLM.from_pretrained(merged))
+    gc.collect()
+    assert not mapped()
+    assert transformers.modeling_utils.safe_open.__name__ == "safe_open"  # restored on exit
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert mapped()  # transformers' own way: the file is memory-mapped while its weights live
+    expected = weights(model)
+    assert read.keys() == expected.keys()
+    assert all(torch.equal(read[name], expected[name]) for name in read)
+
+
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision):
+    """The builder with k_quant in 3-block slices, pread weights released once serialized, against the builder
+    left as it is. The tiny model's weights are smaller than a default slice, hence the outer slicing."""
+    lean = tmp_path / "lean"
+    with k_quant_in_slices(3):
+        build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant",
+                   scratch_dir=tmp_path / "scratch")
+    for name in ("k_quant_in_slices", "weights_read_into_memory", "weights_released_once_serialized"):
+        monkeypatch.setattr(model_builder, name, contextlib.nullcontext)
+    plain = tmp_path / "plain"
+    build_onnx(merged, plain, precision=precision, execution_provider="cpu", int4_algo_config="k_quant",
+               scratch_dir=tmp_path / "scratch")
+    for name in ("model.onnx", "model.onnx.data"):
+        assert (lean / name).read_bytes() == (plain / name).read_bytes(), name
 
 
 def test_builder_leaves_root_logging_alone(merged, tmp_path):

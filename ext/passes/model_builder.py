@@ -51,7 +51,8 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
     import transformers  # noqa: F401
 
     with _environ(HF_HOME=str(scratch_dir / "hf-home"), XDG_CACHE_HOME=str(scratch_dir / "xdg-cache")), \
-            _root_logging_kept(), k_quant_in_slices():
+            _root_logging_kept(), k_quant_in_slices(), weights_read_into_memory(), \
+            weights_released_once_serialized():
         from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
         # parse_extra_options also loads the HF config and tokenizer that create_model needs ("hf_details")
@@ -66,6 +67,9 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
     Its CPU function quantizes a whole weight in one vectorized call whose temporaries come to about ten times the
     weight's fp32 size: 1.1 GB for SmolLM2's 113 MB lm_head, which made it the int4 build's peak. Each block of
     group_size values is quantized on its own, so slicing changes no output byte (tests/test_passes_model.py).
+    The slices are taken by rows of the (transposed, non-contiguous) weight, so the weight is never copied whole,
+    and the quantized values are kept as uint8 rather than float64: they are integers from 0 to 2**num_bits - 1,
+    and the one caller (rtn_quantize's k_quant branch) converts them to uint8 anyway.
     Where onnxruntime lacks the function (another version), nothing is changed.
     """
     try:
@@ -79,23 +83,104 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
     import numpy as np
 
     def sliced(data, num_bits=4, group_size=32):
-        blocks = np.reshape(data, (-1, group_size))
-        if len(blocks) <= blocks_per_slice:
-            return whole(blocks, num_bits, group_size)
+        if data.ndim == 2 and data.shape[1] % group_size == 0:
+            rows, blocks_per_row = data, data.shape[1] // group_size
+        else:
+            rows, blocks_per_row = np.reshape(data, (-1, group_size)), 1
+        rows_per_slice = max(1, blocks_per_slice // blocks_per_row)
+        blocks = len(rows) * blocks_per_row
         outputs = None
-        for start in range(0, len(blocks), blocks_per_slice):
-            parts = whole(blocks[start:start + blocks_per_slice], num_bits, group_size)
+        for start in range(0, len(rows), rows_per_slice):
+            parts = whole(rows[start:start + rows_per_slice], num_bits, group_size)
             if outputs is None:  # q_weight (blocks, group_size), scale and zero_point (blocks, 1)
-                outputs = [np.empty((len(blocks),) + part.shape[1:], part.dtype) for part in parts]
+                q_weight, scale, zero_point = parts
+                outputs = (np.empty((blocks,) + q_weight.shape[1:], np.uint8),
+                           np.empty((blocks,) + scale.shape[1:], scale.dtype),
+                           np.empty((blocks,) + zero_point.shape[1:], zero_point.dtype))
+            first = start * blocks_per_row
             for output, part in zip(outputs, parts):
-                output[start:start + len(part)] = part
-        return tuple(outputs)
+                np.copyto(output[first:first + len(part)], part, casting="unsafe")
+        return outputs
 
     weight_only.quant_tensor_k_quant_cpu = sliced
     try:
         yield
     finally:
         weight_only.quant_tensor_k_quant_cpu = whole
+
+
+@contextmanager
+def weights_read_into_memory() -> Iterator[None]:
+    """Make transformers read safetensors weights into memory of their own instead of mapping the file.
+
+    A memory-mapped file stays resident, once read, until every tensor taken from it is gone, so the weights
+    released one by one below would free nothing until the last. safetensors' pread backend gives each tensor its
+    own buffer; the values are the same.
+    """
+    import transformers.modeling_utils as modeling
+
+    opened = modeling.safe_open
+
+    def safe_open_pread(filename, framework="pt", device="cpu", backend=None, **kwargs):
+        if str(device) == "cpu":
+            backend = "pread"
+        return opened(filename, framework=framework, device=device, backend=backend, **kwargs)
+
+    modeling.safe_open = safe_open_pread
+    try:
+        yield
+    finally:
+        modeling.safe_open = opened
+
+
+@contextmanager
+def weights_released_once_serialized() -> Iterator[None]:
+    """Let go of each weight of an ONNX IR model as soon as onnx_ir.to_proto has copied it into the protobuf.
+
+    For int4 the builder serializes its whole fp32 graph once, hands that copy to onnxruntime's quantizer and
+    only uses the quantized result afterwards. Its own graph still points at the torch weights, which would
+    otherwise stay in memory next to their copy through the whole quantization: 540 MB for SmolLM2. Dropping
+    them changes no output byte (tests/test_passes_model.py).
+    """
+    import gc
+
+    import onnx_ir
+    from onnx_ir import serde
+
+    from ..memory import trim_heap
+
+    serialize_model, serialize_tensor = onnx_ir.to_proto, serde.serialize_tensor_into
+    owners: dict[int, object] = {}  # id(weight) -> the initializer holding it, while a model is serialized
+    untrimmed = [0]  # bytes released since the heap was last trimmed
+
+    def model_to_proto(ir_object, *args, **kwargs):
+        if isinstance(ir_object, onnx_ir.Model):
+            owners.update((id(value.const_value), value) for value in ir_object.graph.initializers.values()
+                          if value.const_value is not None)
+        try:
+            return serialize_model(ir_object, *args, **kwargs)
+        finally:
+            if isinstance(ir_object, onnx_ir.Model):
+                owners.clear()
+                gc.collect()  # the IR's values and nodes form reference cycles
+                trim_heap()
+
+    def tensor_into_proto(tensor_proto, from_, *args, **kwargs):
+        result = serialize_tensor(tensor_proto, from_, *args, **kwargs)
+        owner = owners.pop(id(from_), None)
+        if owner is not None:
+            owner.const_value = None
+            untrimmed[0] += from_.nbytes
+            if untrimmed[0] >= 64 << 20:  # freed weights stay resident until trimmed (tunecell.memory)
+                trim_heap()
+                untrimmed[0] = 0
+        return result
+
+    onnx_ir.to_proto, serde.serialize_tensor_into = model_to_proto, tensor_into_proto
+    try:
+        yield
+    finally:
+        onnx_ir.to_proto, serde.serialize_tensor_into = serialize_model, serialize_tensor
 
 
 @contextmanager

@@ -1,7 +1,6 @@
 """The local runner: a plan's passes in order, each through the cache, every step reported as an event."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -15,6 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..config import load_config, schema
 from ..errors import PassFailed, TunecellError
+from ..memory import release_memory
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
@@ -247,20 +247,6 @@ class LocalRun:
                          self.config_hash, self.model_source, duration_s=round(time.perf_counter() - started, 2),
                          final=self.final.to_dict() if self.final else None, logs=logs, config=self.config,
                          **extra)
-
-
-def release_memory() -> None:
-    """Hand the memory a finished pass freed back to the system before the next pass allocates its own: the
-    trainer and the models form reference cycles (gc), and glibc keeps freed heap pages unless trimmed. Without it the
-    training pass's heap stays resident under the merge and the builder, and the run's peak RSS is their sum."""
-    import gc
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-            pass
 
 
 def link_tree(source: Path, target: Path, identity: str) -> None:
