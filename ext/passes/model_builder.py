@@ -113,9 +113,9 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
 def weights_read_into_memory() -> Iterator[None]:
     """Make transformers read safetensors weights into memory of their own instead of mapping the file.
 
-    A memory-mapped file stays resident, once read, until every tensor taken from it is gone, so the weights
-    released one by one below would free nothing until the last. safetensors' pread backend gives each tensor its
-    own buffer; the values are the same.
+    A memory-mapped file stays resident, once read, until every tensor taken from it is gone, so releasing the
+    weights one by one (weights_released_once_serialized) would free nothing until the last. safetensors' pread
+    backend gives each tensor its own buffer; the values are the same (tests/test_passes_model.py).
     """
     import transformers.modeling_utils as modeling
 
@@ -139,8 +139,9 @@ def weights_released_once_serialized() -> Iterator[None]:
 
     For int4 the builder serializes its whole fp32 graph once, hands that copy to onnxruntime's quantizer and
     only uses the quantized result afterwards. Its own graph still points at the torch weights, which would
-    otherwise stay in memory next to their copy through the whole quantization: 540 MB for SmolLM2. Dropping
-    them changes no output byte (tests/test_passes_model.py).
+    otherwise stay in memory next to their copy through the whole quantization: 540 MB for SmolLM2. Each is
+    dropped once copied, and the heap trimmed every 64 MB, so the copy takes the weights' place instead of
+    doubling them. That changes no output byte (tests/test_passes_model.py).
     """
     import gc
 
@@ -151,7 +152,7 @@ def weights_released_once_serialized() -> Iterator[None]:
 
     serialize_model, serialize_tensor = onnx_ir.to_proto, serde.serialize_tensor_into
     owners: dict[int, object] = {}  # id(weight) -> the initializer holding it, while a model is serialized
-    untrimmed = [0]  # bytes released since the heap was last trimmed
+    untrimmed = 0  # bytes released since the heap was last trimmed
 
     def model_to_proto(ir_object, *args, **kwargs):
         if isinstance(ir_object, onnx_ir.Model):
@@ -166,14 +167,15 @@ def weights_released_once_serialized() -> Iterator[None]:
                 trim_heap()
 
     def tensor_into_proto(tensor_proto, from_, *args, **kwargs):
+        nonlocal untrimmed
         result = serialize_tensor(tensor_proto, from_, *args, **kwargs)
         owner = owners.pop(id(from_), None)
         if owner is not None:
             owner.const_value = None
-            untrimmed[0] += from_.nbytes
-            if untrimmed[0] >= 64 << 20:  # freed weights stay resident until trimmed (tunecell.memory)
+            untrimmed += from_.nbytes
+            if untrimmed >= 64 << 20:  # freed weights stay resident until trimmed (tunecell.memory)
                 trim_heap()
-                untrimmed[0] = 0
+                untrimmed = 0
         return result
 
     onnx_ir.to_proto, serde.serialize_tensor_into = model_to_proto, tensor_into_proto
