@@ -17,8 +17,7 @@ def trim_heap() -> None:
 
 
 def release_memory() -> None:
-    """Hand the memory a finished pass freed back to the system before the next pass allocates its own: the
-    trainer and the models form reference cycles (gc), and glibc keeps freed heap pages unless trimmed. Without it the
-    training pass's heap stays resident under the merge and the builder, and the run's peak RSS is their sum."""
+    """Hand freed memory back to the system: objects in reference cycles (a Trainer, its callbacks and its model;
+    an ONNX IR graph) wait for the collector, and glibc keeps freed heap pages unless trimmed."""
     gc.collect()
     trim_heap()

@@ -143,28 +143,25 @@ def weights_released_once_serialized() -> Iterator[None]:
     dropped once copied, and the heap trimmed every 64 MB, so the copy takes the weights' place instead of
     doubling them. That changes no output byte (tests/test_passes_model.py).
     """
-    import gc
-
     import onnx_ir
     from onnx_ir import serde
 
-    from ..memory import trim_heap
+    from ..memory import release_memory, trim_heap
 
     serialize_model, serialize_tensor = onnx_ir.to_proto, serde.serialize_tensor_into
     owners: dict[int, object] = {}  # id(weight) -> the initializer holding it, while a model is serialized
     untrimmed = 0  # bytes released since the heap was last trimmed
 
     def model_to_proto(ir_object, *args, **kwargs):
-        if isinstance(ir_object, onnx_ir.Model):
-            owners.update((id(value.const_value), value) for value in ir_object.graph.initializers.values()
-                          if value.const_value is not None)
+        if not isinstance(ir_object, onnx_ir.Model):
+            return serialize_model(ir_object, *args, **kwargs)
+        owners.update((id(value.const_value), value) for value in ir_object.graph.initializers.values()
+                      if value.const_value is not None)
         try:
             return serialize_model(ir_object, *args, **kwargs)
         finally:
-            if isinstance(ir_object, onnx_ir.Model):
-                owners.clear()
-                gc.collect()  # the IR's values and nodes form reference cycles
-                trim_heap()
+            owners.clear()
+            release_memory()  # the IR's values and nodes form reference cycles
 
     def tensor_into_proto(tensor_proto, from_, *args, **kwargs):
         nonlocal untrimmed

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..config import load_config, schema
 from ..errors import PassFailed, TunecellError
-from ..memory import release_memory
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
+from ..memory import release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
 from ..planner import Plan, plan as make_plan
@@ -183,6 +183,7 @@ class LocalRun:
         except Exception as e:
             self._record(step, "failed", started, error=f"{type(e).__name__}: {e}")
             raise PassFailed(step.name, step.type, e) from e
+        # the pass's heap would otherwise stay resident under the next pass, and the run's peak be their sum
         release_memory()
         return self._done(step, entry, key, base, started, cache_hit=False)
 
