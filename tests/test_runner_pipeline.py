@@ -90,6 +90,9 @@ def test_lora_merge_int4_succeeds_and_publishes_its_artifacts(main):
     lora = result.passes[0]
     assert lora.stats["steps"] == MAX_STEPS and lora.stats["trainable_params"] > 0
     assert lora.stats["data"]["train_rows"] > lora.stats["data"]["eval_rows"] > 0
+    import torch
+
+    assert lora.stats["device"].startswith("cuda:0 (" if torch.cuda.is_available() else "cpu")
     for name in ("lora", "merge", "mb", "model", "adapter"):
         assert Path(result.artifacts[name]).is_dir(), name
     out = main.root / "out"

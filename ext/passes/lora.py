@@ -35,6 +35,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
         modules_to_save=cfg.modules_to_save, bias="none", task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    device = training_device(model)
 
     data = build_training_data(
         ctx.config.data_config(cfg.train_data_config), tokenizer,
@@ -42,7 +43,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         eval_data_config=ctx.config.data_config(cfg.eval_data_config) if cfg.eval_data_config else None,
         seed=split_seed(cfg), base_dir=ctx.config.base_dir)
     ctx.log(f"{len(data.train)} training samples, {len(data.eval) if data.eval is not None else 0} held out; "
-            f"{trainable:,} trainable parameters")
+            f"{trainable:,} trainable parameters; training on {device}")
 
     args = transformers.TrainingArguments(**_training_arguments(cfg, ctx, has_eval=data.eval is not None))
     # packed batches and loss-position-only logits when the model gives the same loss with them (checked here)
@@ -81,6 +82,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         "tokens": collator.tokens,
         "tokens_per_s": round(collator.tokens / seconds, 1) if seconds else None,
         "batch_layout": collator.layout,
+        "device": device,
         "data": data.stats.as_dict(),  # a dict in run.json and the manifest, not the dataclass repr
         "resumed_from": resume.name if resume else None,
     }
@@ -102,6 +104,14 @@ def linear_module_names(model: Any) -> list[str]:
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
              if type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt")}
     return sorted(names - {"lm_head"})
+
+
+def training_device(model: Any) -> str:
+    """Where the model's weights are: "cpu", or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+    import torch
+
+    device = next(model.parameters()).device
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def _check_target_modules(model: Any, cfg: schema.LoRA, pass_name: str) -> None:
