@@ -776,12 +776,11 @@ def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *,
 
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
     from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
     from .data.tokenize import to_dataset
     from .models import resolve_model
-    from .passes.lora import _load_base, _training_arguments
+    from .passes.lora import _load_base, _training_arguments, with_adapter
 
     name, lora = _lora_pass(config, pass_name)
     if lora is None:
@@ -795,9 +794,7 @@ def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *,
     seqs, _ = training_sequences(config, lora, tok)
     dataset = to_dataset(seqs, config.data_config(lora.train_data_config).pre_process_data_config)
     transformers.set_seed(lora.training_args.seed)
-    model = get_peft_model(_load_base(resolved.path, lora), LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.lora_dropout, target_modules=lora.target_modules,
-        modules_to_save=lora.modules_to_save, bias="none", task_type="CAUSAL_LM"))
+    model = with_adapter(_load_base(resolved.path, lora), lora)
     marks: list[tuple[float, int]] = []  # (time, tokens so far) at the start and at each step's end
 
     class Clock(TrainerCallback):

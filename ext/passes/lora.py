@@ -18,7 +18,6 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     """Train an adapter on ``source`` into ``ctx.out_dir``; returns the training stats for the run record."""
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
     from transformers.trainer_callback import PrinterCallback
 
     from ..data import build_training_data
@@ -31,9 +30,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         tokenizer.pad_token = tokenizer.eos_token
     model = _load_base(source.path, cfg)
     _check_target_modules(model, cfg, ctx.name)
-    model = get_peft_model(model, LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-        modules_to_save=cfg.modules_to_save, bias="none", task_type="CAUSAL_LM"))
+    model = with_adapter(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device = training_device(model)
 
@@ -123,6 +120,20 @@ def _check_target_modules(model: Any, cfg: schema.LoRA, pass_name: str) -> None:
         raise ConfigError(f"this model has no modules named {', '.join(missing)}; its linear modules are: "
                           f"{', '.join(available)}", path=("passes", pass_name, "target_modules"),
                           hint="pick from that list, or write target_modules: all-linear")
+
+
+def with_adapter(base: Any, cfg: schema.LoRA) -> Any:
+    """``base`` with a new LoRA adapter as ``cfg`` describes it (peft), its dropout drawn by BitsDropout on the
+    CPU."""
+    from peft import LoraConfig, get_peft_model
+
+    from .dropout import use_bits_dropout
+
+    model = get_peft_model(base, LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+        modules_to_save=cfg.modules_to_save, bias="none", task_type="CAUSAL_LM"))
+    use_bits_dropout(model)
+    return model
 
 
 def _load_base(path: Path, cfg: schema.LoRA) -> Any:
