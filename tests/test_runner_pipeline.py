@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,19 @@ def test_start_from_runs_only_the_remaining_passes(main):
     assert record["input"]["path"] == first.final["path"]  # built from the first run's merged model
     assert (Path(second.artifacts["model"]) / "genai_config.json").is_file()
     assert set(second.manifest["metrics"]) == {"input", "merge", "mb"}
+
+
+def test_an_entry_rebuilt_under_the_same_key_is_published_again(tiny_model, tmp_path):
+    # clean_cache empties the cache first: the builder's entry is built again under the same key, and output_dir
+    # must then hold that build, not the one before
+    config = tiny_config(tiny_model, tmp_path / "cache", tmp_path / "out")
+    config.update(passes={"mb": {"type": "ModelBuilder", "precision": "fp32"}}, evaluator=None, clean_cache=True)
+    published = tmp_path / "out" / "model" / "model.onnx"
+    builds = []
+    for _ in range(2):
+        result, _ = run(config)
+        assert result.status == "succeeded" and not result.passes[0].cache_hit
+        built = Path(result.artifacts["mb"]) / "artifact" / "model.onnx"
+        assert os.path.samefile(published, built)  # linked from this run's entry
+        builds.append((built.stat().st_ino, (published.parent / ".tunecell-identity").read_text()))
+    assert builds[0][0] != builds[1][0] and builds[0][1] != builds[1][1]

@@ -1,7 +1,7 @@
 """LoRA dropout for models trained on the CPU, drawing its mask from 16 random bits per element.
 
 peft applies nn.Dropout to each LoRA layer's input. On the CPU, torch's Bernoulli sampling draws one Mersenne
-Twister number per element and was 9% of a SmolLM2 training step; the step took 1.10 s with it and 0.83 s with
+Twister number per element and was 9% of a SmolLM2 training step; the step took 0.91 s with it and 0.86 s with
 this module (bench/README.md, change 7). Same distribution up to the drop probability's rounding to 1/65536,
 the same inverted scaling, and the same torch generator, so `transformers.set_seed` and Trainer's checkpointed
 RNG state make runs reproducible and resumable as before. On a GPU, torch's own dropout is already cheap.

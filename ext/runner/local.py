@@ -21,7 +21,7 @@ from ..passes.registry import pass_specs
 from ..planner import Plan, plan as make_plan
 from . import manifest
 from .dispatch import remote_system, run_remote
-from .cache import Cache, digest, package_versions
+from .cache import Cache, Entry, digest, package_versions
 from .evaluation import goal_failures, measure
 from .history import record_run
 from .result import PassRecord, RunResult
@@ -170,7 +170,7 @@ class LocalRun:
                                       self.bus, self.stop)
                     stats = pass_specs()[step.type].run(source, cfg, ctx)
                     entry.write_record(folder, {
-                        "pass": step.name, "type": step.type, "key": key, "status": "done",
+                        "pass": step.name, "type": step.type, "key": key, "status": "done", "run_id": self.run_id,
                         "settings": step.settings, "input": source.to_dict(), "stats": stats,
                         "duration_s": round(time.perf_counter() - started, 2),
                         "packages": package_versions(pass_specs()[step.type].packages)})
@@ -238,8 +238,11 @@ class LocalRun:
                 continue
             target = out / name
             stamp = target / ".tunecell-identity"
-            if not (stamp.is_file() and stamp.read_text() == artifact.identity):
-                link_tree(artifact.path, target, artifact.identity)
+            # the key and the run that built the entry: an entry rebuilt under the same key (a cleared cache, another
+            # tunecell) is published again
+            identity = f"{artifact.identity} built by {Entry(artifact.path.parent).record().get('run_id')}"
+            if not (stamp.is_file() and stamp.read_text() == identity):
+                link_tree(artifact.path, target, identity)
             self.artifacts[name] = str(target)
 
     def _result(self, status: str, started: float, **extra: Any) -> RunResult:
