@@ -229,6 +229,21 @@ def test_builder_leaves_root_logging_alone(merged, tmp_path):
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
+def test_k_quant_mixed_keeps_the_lm_head_and_some_layers_in_int8(merged, tmp_path):
+    import onnx
+
+    from tunecell.config import schema
+
+    assert schema.ModelBuilder(int4_algo_config="k_quant_mixed").int4_algo_config == "k_quant_mixed"
+    build_onnx(merged, tmp_path / "out", precision="int4", execution_provider="cpu",
+               int4_algo_config="k_quant_mixed", scratch_dir=tmp_path / "scratch")
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
+    bits = {node.name: next(a.i for a in node.attribute if a.name == "bits")
+            for node in graph.node if node.op_type == "MatMulNBits"}
+    assert bits.pop("/lm_head/MatMul_Q8") == 8
+    assert set(bits.values()) == {4, 8} and list(bits.values()).count(4) > list(bits.values()).count(8)
+
+
 @pytest.mark.parametrize("generated, labels, expected", [
     (" **Sad**.", ["Sad", "Joy"], "Sad"),
     ("joy! what a day", ["Sad", "Joy"], "Joy"),
