@@ -20,32 +20,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-TONES = ROOT / "example_notebooks" / "data" / "tones.jsonl"
 CUDA_TARGET = {"local_gpu": {"type": "LocalSystem", "accelerators": [
     {"device": "gpu", "execution_providers": ["CUDAExecutionProvider"]}]}}
 
 
 def workflow(model: Path, root: Path, train_pass: dict, precision: str) -> dict:
-    return {
-        "input_model": {"model_path": str(model)},
-        "systems": CUDA_TARGET, "target": "local_gpu",
-        "data_configs": [{
-            "name": "tones",
-            "load_dataset_config": {"data_name": "json", "data_files": str(TONES)},
-            "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                                        "strategy": "line-by-line", "max_seq_len": 64, "train_on_prompt": False},
-        }],
-        "passes": {
-            "train": {"r": 4, "alpha": 8, "target_modules": ["qkv_proj", "o_proj"], "train_data_config": "tones",
-                      "eval_dataset_size": 0.2,
-                      "training_args": {"max_steps": 20, "learning_rate": 1.0e-3, "per_device_train_batch_size": 8,
-                                        "seed": 0}, **train_pass},
-            "merge": {"type": "MergeAdapterWeights"},
-            "mb": {"type": "ModelBuilder", "precision": precision},
-        },
-        "cache_dir": str(root / "cache"),
-        "output_dir": str(root / f"out-{train_pass['type']}-{precision}"),
-    }
+    """The runner tests' tiny workflow (tests/test_runner_pipeline.py) on the CUDA target, 20 steps, no evaluator."""
+    from test_runner_pipeline import tiny_config
+
+    config = tiny_config(model, root / "cache", root / f"out-{train_pass['type']}-{precision}")
+    config.update(systems=CUDA_TARGET, target="local_gpu", evaluator=None)
+    config["passes"]["lora"].update(train_pass)
+    config["passes"]["lora"]["training_args"]["max_steps"] = 20
+    config["passes"]["mb"]["precision"] = precision
+    return config
 
 
 def check_run(result, precision: str, base: Path) -> dict:

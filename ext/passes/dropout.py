@@ -45,9 +45,11 @@ def use_bits_dropout(model: Any) -> int:
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, torch.nn.ModuleDict):
             continue
+        weight = next(module.parameters(), None)
+        if weight is None or weight.device.type != "cpu":
+            continue
         for name, dropout in dropouts.items():
-            weight = next(module.parameters(), None)
-            if type(dropout) is torch.nn.Dropout and weight is not None and weight.device.type == "cpu":
+            if type(dropout) is torch.nn.Dropout:
                 dropouts[name] = BitsDropout(dropout.p)
                 swapped += 1
     return swapped
