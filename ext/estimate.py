@@ -620,12 +620,12 @@ def estimate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *, 
                 out.adapter_bytes = adapter_bytes(out.trainable_params)
     if skel is not None:
         out.merged_bytes = merged_bytes(skel)
-        builder = next((p for p in config.passes.values() if isinstance(p, schema.ModelBuilder)), None)
-        precision = builder.precision if builder else "int4"
-        out.onnx_precision = precision
-        out.onnx_bytes = onnx_bytes(skel, precision, config.execution_provider,
-                                    block_size=builder.int4_block_size if builder else 32,
-                                    symmetric=builder.int4_is_symmetric if builder else None)
+        builder = next((p for p in config.passes.values() if isinstance(p, schema.ModelBuilder)),
+                       schema.ModelBuilder(precision="int4"))
+        out.onnx_precision = builder.precision
+        out.onnx_bytes = onnx_bytes(skel, builder.precision, config.execution_provider,
+                                    block_size=builder.int4_block_size, symmetric=builder.int4_is_symmetric,
+                                    algo=str(builder.extra_options.get("algo_config", builder.int4_algo_config)))
     return out
 
 
@@ -730,21 +730,50 @@ def merged_bytes(skel: Skeleton) -> int:
 
 
 def onnx_bytes(skel: Skeleton, precision: str = "int4", execution_provider: str = "cpu", block_size: int = 32,
-               symmetric: Optional[bool] = None) -> int:
-    """The onnxruntime-genai builder's output. int4: every MatMul weight (lm_head included) as 4 bits plus a scale
-    (fp32 on CPU, fp16 on CUDA) per block of ``block_size`` (and a 4-bit zero point per block when asymmetric);
-    embeddings and norms in the I/O precision; plus the rotary cos/sin caches."""
+               symmetric: Optional[bool] = None, algo: str = "k_quant") -> int:
+    """The onnxruntime-genai builder's output. int4: each MatMul weight (lm_head included) in blocks of
+    ``block_size`` values, each block 4 bits a value (8 for the layers ``int8_matmuls`` names) plus a scale in the
+    I/O precision (fp32 on CPU, fp16 on CUDA) and, when asymmetric (k_quant always; other methods when
+    ``symmetric`` is False), a zero point of the same bit width; norms and an untied input embedding in the I/O
+    precision; plus the rotary cos/sin caches."""
     io_bytes = 2 if execution_provider == "cuda" or precision in ("fp16", "bf16") else 4
     linear = skel.linear_params(include_output=True)
-    if skel.tied_embeddings and skel.output_embedding is not None:
-        rest = skel.total_params - linear + next(l.params for l in skel.layers if l.name == skel.output_embedding)
-    else:
-        rest = skel.total_params - linear
+    rest = skel.total_params - linear  # tied embeddings: the builder stores the lm_head's (quantized) matrix once
     rope = skel.max_positions * skel.head_dim * io_bytes if skel.head_dim else 0  # cos + sin, head_dim/2 each
-    if precision == "int4":
-        per_weight = 0.5 + io_bytes / block_size + (0.5 / block_size if symmetric is False else 0)
-        return int(linear * per_weight + rest * io_bytes + rope)
-    return int((linear + rest) * DTYPE_BYTES[precision] + rope)
+    if precision != "int4":
+        return int((linear + rest) * DTYPE_BYTES[precision] + rope)
+    asymmetric = algo.startswith("k_quant") or symmetric is False
+    int8 = int8_matmuls(skel, algo)
+    weights = 0
+    for layer in skel.layers:
+        if layer.kind != "linear":
+            continue
+        bits = 8 if layer.name in int8 else 4
+        blocks = -(-layer.in_features // block_size)
+        weights += layer.out_features * (blocks * block_size * bits // 8 + blocks * io_bytes
+                                         + (-(-blocks * bits // 8) if asymmetric else 0))
+    return int(weights + rest * io_bytes + rope)
+
+
+def int8_matmuls(skel: Skeleton, algo: str) -> set[str]:
+    """The linear layers the builder's mixed-precision methods keep in int8 (onnxruntime-genai 0.18,
+    make_matmul_mixed_precision): the lm_head for *_last and *_mixed; for *_mixed also the attention's input
+    projections (the builder packs q/k/v into one MatMul) and down_proj of the first and last eighth of the
+    layers and of every third layer between, llama.cpp's choice of the most quantization-sensitive MatMuls."""
+    chosen = set()
+    if algo.endswith(("_last", "_mixed")) and skel.output_embedding is not None:
+        chosen.add(skel.output_embedding)
+    if algo.endswith("_mixed"):
+        n = skel.num_layers
+        upgraded = {i for i in range(n) if i < n / 8 or i >= 7 * n / 8 or (i - round(n / 8)) % 3 == 2}
+        for layer in skel.layers:
+            index = re.search(r"\.layers\.(\d+)\.", layer.name)
+            if index and int(index.group(1)) in upgraded and layer.leaf in _INT8_IN_MIXED_LAYERS:
+                chosen.add(layer.name)
+    return chosen
+
+
+_INT8_IN_MIXED_LAYERS = ("qkv_proj", "q_proj", "k_proj", "v_proj", "down_proj")
 
 
 # ================================================================================== calibration: real steps

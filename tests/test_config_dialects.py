@@ -301,7 +301,7 @@ def test_olive_export_numbers_priorities_and_writes_settings_whose_defaults_diff
     assert metrics == {"accuracy": 2, "latency": 1}  # unique, 1..N, in tunecell's order of priority
     args = olive["passes"]["lora"]["training_args"]
     assert (args["warmup_ratio"], args["gradient_checkpointing"], args["num_train_epochs"]) == (0.1, False, 1.0)
-    assert "warmup_steps" not in args and olive["passes"]["mb"]["int4_algo_config"] == "k_quant"
+    assert "warmup_steps" not in args and olive["passes"]["mb"]["int4_algo_config"] == "k_quant_mixed"
     assert olive["passes"]["lora"]["torch_dtype"] == "float32"
     assert [n.split(":")[0] for n in notes] == ["passes.lora.eval_dataset_size",
                                                 "evaluators.tone_eval.metrics.accuracy.label_column",

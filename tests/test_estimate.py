@@ -151,11 +151,47 @@ def test_output_sizes(tiny_model, skel):
     # merged: every parameter in fp32, as MergeAdapterWeights saves it (the tiny model is saved in fp32 too)
     weights = (tiny_model / "model.safetensors").stat().st_size
     assert abs(E.merged_bytes(skel) - weights) / weights < 0.002
-    # ONNX int4 on CPU: model.onnx.data of the onnxruntime-genai builder for this model was 4,203,520 bytes (4-bit
-    # MatMul weights, lm_head included, + an fp32 scale per 32; fp32 embeddings and norms; rotary caches)
-    assert E.onnx_bytes(skel, "int4", "cpu", block_size=32) == 4_203_520
     assert E.onnx_bytes(skel, "fp32", "cpu") == skel.total_params * 4 + skel.max_positions * skel.head_dim * 4
     assert E.adapter_bytes(1000) == 4000 + 4096
+
+
+# model.onnx.data as the onnxruntime-genai 0.18 builder wrote it (block 32, CPU), for the tiny Phi-3 (untied
+# embeddings, 4 layers) and for SmolLM2-135M (tied embeddings: one quantized matrix serves both, 30 layers)
+@pytest.mark.parametrize("algo,symmetric,tiny_bytes,smollm2_bytes", [
+    ("default", None, 4_203_520, 86_287_616),  # 4-bit weights + an fp32 scale per block
+    ("rtn", None, 4_203_520, 86_287_616),
+    ("rtn", False, 4_252_672, None),  # + a 4-bit zero point per block
+    ("k_quant", None, 4_252_672, 88_388_864),  # k_quant is always asymmetric
+    ("k_quant", True, 4_252_672, None),
+    ("k_quant_last", None, 4_523_008, None),  # the lm_head in int8
+    ("k_quant_mixed", None, 4_860_928, 113_365_376),  # + q/k/v and down_proj of some layers in int8
+])
+def test_int4_size_is_the_builders(skel, algo, symmetric, tiny_bytes, smollm2_bytes):
+    assert E.onnx_bytes(skel, "int4", "cpu", 32, symmetric, algo) == tiny_bytes
+    if smollm2_bytes is not None:
+        assert E.onnx_bytes(smollm2_skeleton(), "int4", "cpu", 32, symmetric, algo) == smollm2_bytes
+
+
+def test_fp32_size_of_a_tied_model_counts_the_shared_matrix_once():
+    assert E.onnx_bytes(smollm2_skeleton(), "fp32", "cpu") == 540_157_184  # the builder's model.onnx.data
+
+
+def test_mixed_precision_picks_the_builders_layers(skel):
+    # layers_to_upgrade of onnxruntime-genai's builder: the first and last eighth, and every third between
+    assert E.int8_matmuls(skel, "k_quant") == set()
+    assert E.int8_matmuls(skel, "rtn_last") == {"lm_head"}
+    assert E.int8_matmuls(skel, "k_quant_mixed") == {"lm_head"} | {
+        f"model.layers.{i}.{leaf}" for i in (0, 2) for leaf in ("self_attn.qkv_proj", "mlp.down_proj")}
+    smollm2 = {name.split(".")[2] for name in E.int8_matmuls(smollm2_skeleton(), "k_quant_mixed") if "layers" in name}
+    assert sorted(map(int, smollm2)) == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29]
+
+
+def smollm2_skeleton() -> E.Skeleton:
+    from transformers import LlamaConfig
+
+    return E.skeleton(LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                  num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                                  max_position_embeddings=8192, tie_word_embeddings=True))
 
 
 def test_estimate_for_a_model_that_is_not_here_says_why(tmp_path):

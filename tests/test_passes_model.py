@@ -205,16 +205,17 @@ def test_weights_read_into_memory_maps_no_file(merged):
 
 @pytest.mark.parametrize("precision", ["int4", "fp32"])
 def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision):
-    """The builder with k_quant in 3-block slices, pread weights released once serialized, against the builder
-    left as it is. The tiny model's weights are smaller than a default slice, hence the outer slicing."""
+    """The builder with k_quant in 3-block slices (the default method, k_quant_mixed: 4- and 8-bit weights), pread
+    weights released once serialized, against the builder left as it is. The tiny model's weights are smaller
+    than a default slice, hence the outer slicing."""
     lean = tmp_path / "lean"
     with k_quant_in_slices(3):
-        build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant",
+        build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
                    scratch_dir=tmp_path / "scratch")
     for name in ("k_quant_in_slices", "weights_read_into_memory", "weights_released_once_serialized"):
         monkeypatch.setattr(model_builder, name, contextlib.nullcontext)
     plain = tmp_path / "plain"
-    build_onnx(merged, plain, precision=precision, execution_provider="cpu", int4_algo_config="k_quant",
+    build_onnx(merged, plain, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
                scratch_dir=tmp_path / "scratch")
     for name in ("model.onnx", "model.onnx.data"):
         assert (lean / name).read_bytes() == (plain / name).read_bytes(), name
@@ -229,19 +230,25 @@ def test_builder_leaves_root_logging_alone(merged, tmp_path):
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
-def test_k_quant_mixed_keeps_the_lm_head_and_some_layers_in_int8(merged, tmp_path):
+def test_default_int4_keeps_the_lm_head_and_some_layers_in_int8_as_the_estimate_says(merged, tmp_path):
     import onnx
 
-    from tunecell.config import schema
+    from tunecell import estimate
+    from tunecell.config import load_config, schema
 
-    assert schema.ModelBuilder(int4_algo_config="k_quant_mixed").int4_algo_config == "k_quant_mixed"
-    build_onnx(merged, tmp_path / "out", precision="int4", execution_provider="cpu",
-               int4_algo_config="k_quant_mixed", scratch_dir=tmp_path / "scratch")
+    method = schema.ModelBuilder(precision="int4").int4_algo_config
+    assert method == "k_quant_mixed"
+    build_onnx(merged, tmp_path / "out", precision="int4", execution_provider="cpu", int4_algo_config=method,
+               scratch_dir=tmp_path / "scratch")
     graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
-    bits = {node.name: next(a.i for a in node.attribute if a.name == "bits")
-            for node in graph.node if node.op_type == "MatMulNBits"}
-    assert bits.pop("/lm_head/MatMul_Q8") == 8
-    assert set(bits.values()) == {4, 8} and list(bits.values()).count(4) > list(bits.values()).count(8)
+    int8 = {node.name for node in graph.node if node.op_type == "MatMulNBits"
+            and next(a.i for a in node.attribute if a.name == "bits") == 8}
+    # the builder's rule for 4 layers: the first eighth (layer 0) and every third layer after it (layer 2)
+    assert int8 == {"/lm_head/MatMul_Q8"} | {f"/model/layers.{i}/{proj}/MatMul_Q8"
+                                            for i in (0, 2) for proj in ("attn/qkv_proj", "mlp/down_proj")}
+    skel = estimate.model_skeleton(load_config(f"input_model: {{model_path: {merged}}}\n").input_model)
+    assert len(estimate.int8_matmuls(skel, method)) == len(int8)
+    assert estimate.onnx_bytes(skel, "int4", "cpu", algo=method) == (tmp_path / "out" / "model.onnx.data").stat().st_size
 
 
 @pytest.mark.parametrize("generated, labels, expected", [
