@@ -4,6 +4,7 @@ only what their change invalidates. The tiny model is random: these tests check 
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import subprocess
@@ -54,9 +55,9 @@ def tiny_config(model: Path, cache_dir: Path, output_dir: Path, data_files: Path
     }
 
 
-def run(config: dict, **kwargs) -> tuple[tunecell.RunResult, list]:
+def run(config: dict, subscribers: tuple = (), **kwargs) -> tuple[tunecell.RunResult, list]:
     events: list = []
-    result = tunecell.run(config, subscribers=[events.append], progress="none", **kwargs)
+    result = tunecell.run(config, subscribers=[events.append, *subscribers], progress="none", **kwargs)
     return result, events
 
 
@@ -68,8 +69,14 @@ def finished(events: list) -> dict[str, PassFinished]:
 def main(tiny_model, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("runner-main")
     config = tiny_config(tiny_model, root / "cache", root / "out")
-    result, events = run(config)
-    return SimpleNamespace(root=root, config=config, result=result, events=events)
+    frozen: dict[str, int] = {}  # objects out of the collector's reach when each pass starts
+
+    def watch(event) -> None:
+        if isinstance(event, PassStarted):
+            frozen[event.name] = gc.get_freeze_count()
+
+    result, events = run(config, subscribers=[watch])
+    return SimpleNamespace(root=root, config=config, result=result, events=events, frozen=frozen)
 
 
 def variant(main: SimpleNamespace, output: str, evaluate: bool = False) -> dict:
@@ -104,6 +111,12 @@ def test_lora_merge_int4_succeeds_and_publishes_its_artifacts(main):
     assert result.final["kind"] == "onnx"
     text = repr(result)
     assert "succeeded" in text and "mb" in text and str(result.manifest_path) in text
+
+
+def test_collections_skip_what_earlier_passes_left_until_the_run_ends(main):
+    # after the first pass the imported libraries are frozen out of the collector's walks; the run unfreezes them
+    assert main.frozen["lora"] == 0 < main.frozen["merge"] <= main.frozen["mb"]
+    assert gc.get_freeze_count() == 0
 
 
 def test_published_model_loads_and_generates(main):

@@ -1,6 +1,7 @@
 """The local runner: a plan's passes in order, each through the cache, every step reported as an event."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -110,6 +111,7 @@ class LocalRun:
             e.result = result = self._result("failed", started, error=str(e))
             raise
         finally:
+            gc.unfreeze()
             if result is not None:
                 result.manifest_path = manifest.write(self, result)
                 record_run(self.config.resolve(self.config.cache_dir), {
@@ -183,8 +185,9 @@ class LocalRun:
         except Exception as e:
             self._record(step, "failed", started, error=f"{type(e).__name__}: {e}")
             raise PassFailed(step.name, step.type, e) from e
-        # the pass's heap would otherwise stay resident under the next pass, and the run's peak be their sum
-        release_memory()
+        # the pass's heap would otherwise stay resident under the next pass, and the run's peak be their sum;
+        # what survives is frozen (unfrozen when the run ends), so that later collections skip the libraries
+        release_memory(freeze_survivors=True)
         return self._done(step, entry, key, base, started, cache_hit=False)
 
     def _done(self, step, entry, key: str, base: Optional[Artifact], started: float, cache_hit: bool) -> Artifact:
