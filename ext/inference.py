@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
+from .cpus import usable_cpus
+
+
 def first_label(generated: str, labels: list[str]) -> Optional[str]:
     """The label word that comes first in the generated text (case-insensitive, whole words), or None.
 
@@ -55,15 +58,8 @@ def session_threads(model_config: dict) -> Optional[int]:
     """The intra-op threads to give onnxruntime when genai_config.json sets none: every CPU this process may run
     on. Left to itself the session ran the demo's int4 SmolLM2 at 102-128 tokens/s on this project's 2-core
     machine, and at 147-169 with intra_op_num_threads=2 (bench/README.md, row 5)."""
-    import os
-
     options = (model_config.get("decoder") or {}).get("session_options") or {}
-    if "intra_op_num_threads" in options:
-        return None
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count()
+    return None if "intra_op_num_threads" in options else usable_cpus()
 
 
 class OnnxModel(LoadedModel):

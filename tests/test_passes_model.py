@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -128,18 +129,20 @@ def test_builder_wants_a_local_folder(tmp_path):
                    scratch_dir=tmp_path / "scratch")
 
 
-@pytest.mark.parametrize("shape", [(23 * 32, 64), (10, 48)], ids=["by rows", "by blocks"])
-def test_k_quant_in_slices_gives_the_same_values(shape):
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("shape,bits", [((23 * 32, 64), 4), ((10, 48), 4), ((23 * 32, 64), 8)],
+                         ids=["by rows", "by blocks", "by rows, 8 bits"])
+def test_k_quant_in_slices_gives_the_same_values(shape, bits, workers):
     """As rtn_quantize calls it: the transposed weight. Blocks of 32 along rows of 736 values (sliced by rows);
-    and a 10 x 48 weight whose rows are not whole blocks (sliced by blocks)."""
+    and a 10 x 48 weight whose rows are not whole blocks (sliced by blocks). On one thread and on three."""
     import numpy as np
     from onnxruntime.quantization.neural_compressor import weight_only
 
     weight = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    whole = weight_only.quant_tensor_k_quant_cpu(weight.T, 4, 32)
-    with k_quant_in_slices(blocks_per_slice=5):
+    whole = weight_only.quant_tensor_k_quant_cpu(weight.T, bits, 32)
+    with k_quant_in_slices(blocks_per_slice=5, workers=workers, parallel_min_blocks=1):
         assert weight_only.quant_tensor_k_quant_cpu.__name__ == "sliced"
-        sliced = weight_only.quant_tensor_k_quant_cpu(weight.T, 4, 32)
+        sliced = weight_only.quant_tensor_k_quant_cpu(weight.T, bits, 32)
     assert weight_only.quant_tensor_k_quant_cpu.__name__ == "quant_tensor_k_quant_cpu"  # restored on exit
     (q_sliced, *rest_sliced), (q_whole, *rest_whole) = sliced, whole
     assert q_sliced.dtype == np.uint8 and q_sliced.shape == q_whole.shape  # whole gives float64 integers
@@ -203,15 +206,18 @@ def test_weights_read_into_memory_maps_no_file(merged):
     assert all(torch.equal(read[name], expected[name]) for name in read)
 
 
-@pytest.mark.parametrize("precision", ["int4", "fp32"])
-def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision):
-    """The builder with k_quant in 3-block slices (the default method, k_quant_mixed: 4- and 8-bit weights), pread
-    weights released once serialized, against the builder left as it is. The tiny model's weights are smaller
-    than a default slice, hence the outer slicing."""
+@pytest.mark.parametrize("precision,slicing", [
+    ("int4", {"workers": 2}),  # default slices: the tiny model's larger weights go to two threads
+    ("int4", {"blocks_per_slice": 64, "workers": 1}),
+    ("fp32", {}),
+], ids=["int4 on two threads", "int4 in 64-block slices", "fp32"])
+def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision, slicing):
+    """The builder with k_quant in slices (the default method, k_quant_mixed: 4- and 8-bit weights), pread
+    weights released once serialized, against the builder left as it is."""
+    monkeypatch.setattr(model_builder, "k_quant_in_slices", functools.partial(k_quant_in_slices, **slicing))
     lean = tmp_path / "lean"
-    with k_quant_in_slices(3):
-        build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
-                   scratch_dir=tmp_path / "scratch")
+    build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
+               scratch_dir=tmp_path / "scratch")
     for name in ("k_quant_in_slices", "weights_read_into_memory", "weights_released_once_serialized"):
         monkeypatch.setattr(model_builder, name, contextlib.nullcontext)
     plain = tmp_path / "plain"
@@ -248,7 +254,8 @@ def test_default_int4_keeps_the_lm_head_and_some_layers_in_int8_as_the_estimate_
                                             for i in (0, 2) for proj in ("attn/qkv_proj", "mlp/down_proj")}
     skel = estimate.model_skeleton(load_config(f"input_model: {{model_path: {merged}}}\n").input_model)
     assert len(estimate.int8_matmuls(skel, method)) == len(int8)
-    assert estimate.onnx_bytes(skel, "int4", "cpu", algo=method) == (tmp_path / "out" / "model.onnx.data").stat().st_size
+    size = (tmp_path / "out" / "model.onnx.data").stat().st_size
+    assert estimate.onnx_bytes(skel, "int4", "cpu", algo=method) == size
 
 
 @pytest.mark.parametrize("generated, labels, expected", [

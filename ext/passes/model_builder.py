@@ -61,8 +61,9 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
 
 
 @contextmanager
-def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
-    """Make onnxruntime's k_quant quantize a weight a slice of blocks at a time, with the same result.
+def k_quant_in_slices(blocks_per_slice: int = 1 << 14, workers: Optional[int] = None,
+                      parallel_min_blocks: int = 1 << 10) -> Iterator[None]:
+    """Make onnxruntime's k_quant quantize a weight a slice of blocks at a time, on every CPU, with the same result.
 
     Its CPU function quantizes a whole weight in one vectorized call whose temporaries come to about ten times the
     weight's fp32 size: 1.1 GB for SmolLM2's 113 MB lm_head, which made it the int4 build's peak. Each block of
@@ -70,6 +71,11 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
     The slices are taken by rows of the (transposed, non-contiguous) weight, so the weight is never copied whole,
     and the quantized values are kept as uint8 rather than float64: they are integers from 0 to 2**num_bits - 1,
     and the one caller (rtn_quantize's k_quant branch) converts them to uint8 anyway.
+    Its search is numpy on whole arrays, which lets go of the GIL, so ``workers`` threads (default: the CPUs this
+    process may use) quantize slices side by side, each weight split over them, in slices of at least
+    ``parallel_min_blocks`` blocks (on smaller arrays the threads would mostly wait for the GIL). On SmolLM2's
+    lm_head, 2 CPUs: 5.5 s whole, 4.2 s in slices of 16384 blocks (their temporaries stay in cache), 2.5 s in
+    those slices on 2 threads.
     Where onnxruntime lacks the function (another version), nothing is changed.
     """
     try:
@@ -80,7 +86,13 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
     if whole is None:
         yield
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
+
+    from ..cpus import usable_cpus
+
+    workers = workers or usable_cpus()
 
     def sliced(data, num_bits=4, group_size=32):
         if data.ndim == 2 and data.shape[1] % group_size == 0:
@@ -88,18 +100,26 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 16) -> Iterator[None]:
         else:
             rows, blocks_per_row = np.reshape(data, (-1, group_size)), 1
         rows_per_slice = max(1, blocks_per_slice // blocks_per_row)
+        rows_per_worker = -(-len(rows) // workers)
+        if rows_per_worker * blocks_per_row >= parallel_min_blocks:  # spread every weight over the CPUs
+            rows_per_slice = min(rows_per_slice, rows_per_worker)
         blocks = len(rows) * blocks_per_row
-        outputs = None
-        for start in range(0, len(rows), rows_per_slice):
-            parts = whole(rows[start:start + rows_per_slice], num_bits, group_size)
-            if outputs is None:  # q_weight (blocks, group_size), scale and zero_point (blocks, 1)
-                q_weight, scale, zero_point = parts
-                outputs = (np.empty((blocks,) + q_weight.shape[1:], np.uint8),
-                           np.empty((blocks,) + scale.shape[1:], scale.dtype),
-                           np.empty((blocks,) + zero_point.shape[1:], zero_point.dtype))
+        # q_weight (blocks, group_size), scale and zero_point (blocks, 1), typed as one row's quantization
+        outputs = tuple(np.empty((blocks,) + part.shape[1:], np.uint8 if i == 0 else part.dtype)
+                        for i, part in enumerate(whole(rows[:1], num_bits, group_size)))
+
+        def quantize(start):
             first = start * blocks_per_row
-            for output, part in zip(outputs, parts):
+            for output, part in zip(outputs, whole(rows[start:start + rows_per_slice], num_bits, group_size)):
                 np.copyto(output[first:first + len(part)], part, casting="unsafe")
+
+        starts = range(0, len(rows), rows_per_slice)
+        if workers > 1 and len(starts) > 1 and rows_per_slice * blocks_per_row >= parallel_min_blocks:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(quantize, starts))  # list(): re-raises a worker's error
+        else:
+            for start in starts:
+                quantize(start)
         return outputs
 
     weight_only.quant_tensor_k_quant_cpu = sliced
