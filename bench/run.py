@@ -413,9 +413,9 @@ def row_loadext(args) -> dict:
 
 # ------------------------------------------------------------------------------------------------ row 5
 VARIANTS = [  # (name, builder args of `bench.probes build`, onnxruntime-genai session intra-op threads or None)
-    (DEFAULT_VARIANT, ["--block", "32", "--extra", "algo_config=k_quant"], None),  # as users get it
+    (DEFAULT_VARIANT, ["--block", "32", "--extra", "algo_config=k_quant_mixed"], None),  # as users get it
+    ("b32-kquant-via-load_model", ["--block", "32", "--extra", "algo_config=k_quant"], None),  # the default before
     ("b32-kquant", ["--block", "32", "--extra", "algo_config=k_quant"], None),
-    ("b32-kquant-mixed-via-load_model", ["--block", "32", "--extra", "algo_config=k_quant_mixed"], None),
     ("b32-rtn", ["--block", "32", "--extra", "algo_config=rtn"], None),
     ("builder-default-b32", ["--block", "32", "--extra", "algo_config=default"], None),  # tunecell's first
     ("b64-rtn", ["--block", "64", "--extra", "algo_config=rtn"], None),
