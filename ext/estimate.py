@@ -730,18 +730,19 @@ def merged_bytes(skel: Skeleton) -> int:
 
 
 def onnx_bytes(skel: Skeleton, precision: str = "int4", execution_provider: str = "cpu", block_size: int = 32,
-               symmetric: Optional[bool] = None, algo: str = "k_quant") -> int:
+               symmetric: Optional[bool] = None, algo: Optional[str] = None) -> int:
     """The onnxruntime-genai builder's output. int4: each MatMul weight (lm_head included) in blocks of
     ``block_size`` values, each block 4 bits a value (8 for the layers ``int8_matmuls`` names) plus a scale in the
     I/O precision (fp32 on CPU, fp16 on CUDA) and, when asymmetric (k_quant always; other methods when
     ``symmetric`` is False), a zero point of the same bit width; norms and an untied input embedding in the I/O
-    precision; plus the rotary cos/sin caches."""
+    precision; plus the rotary cos/sin caches. ``algo``: the int4 method, tunecell's default unless given."""
     io_bytes = 2 if execution_provider == "cuda" or precision in ("fp16", "bf16") else 4
     linear = skel.linear_params(include_output=True)
     rest = skel.total_params - linear  # tied embeddings: the builder stores the lm_head's (quantized) matrix once
     rope = skel.max_positions * skel.head_dim * io_bytes if skel.head_dim else 0  # cos + sin, head_dim/2 each
     if precision != "int4":
         return int((linear + rest) * DTYPE_BYTES[precision] + rope)
+    algo = algo or schema.ModelBuilder().int4_algo_config
     asymmetric = algo.startswith("k_quant") or symmetric is False
     int8 = int8_matmuls(skel, algo)
     weights = 0
@@ -753,6 +754,9 @@ def onnx_bytes(skel: Skeleton, precision: str = "int4", execution_provider: str 
         weights += layer.out_features * (blocks * block_size * bits // 8 + blocks * io_bytes
                                          + (-(-blocks * bits // 8) if asymmetric else 0))
     return int(weights + rest * io_bytes + rope)
+
+
+_INT8_IN_MIXED_LAYERS = ("qkv_proj", "q_proj", "k_proj", "v_proj", "down_proj")
 
 
 def int8_matmuls(skel: Skeleton, algo: str) -> set[str]:
@@ -771,9 +775,6 @@ def int8_matmuls(skel: Skeleton, algo: str) -> set[str]:
             if index and int(index.group(1)) in upgraded and layer.leaf in _INT8_IN_MIXED_LAYERS:
                 chosen.add(layer.name)
     return chosen
-
-
-_INT8_IN_MIXED_LAYERS = ("qkv_proj", "q_proj", "k_proj", "v_proj", "down_proj")
 
 
 # ================================================================================== calibration: real steps
