@@ -77,7 +77,6 @@ class Skeleton:
     intermediate_size: int
     vocab_size: int
     max_positions: int
-    tied_embeddings: bool
 
     def linear_params(self, include_output: bool = True) -> int:
         return sum(l.params for l in self.layers if l.kind == "linear"
@@ -172,8 +171,7 @@ def skeleton(model_config: Any, trust_remote_code: bool = False) -> Skeleton:
         num_heads=heads, head_dim=int(getattr(text_config, "head_dim", 0) or (hidden // heads if heads else 0)),
         intermediate_size=int(getattr(text_config, "intermediate_size", 0) or 4 * hidden),
         vocab_size=int(getattr(text_config, "vocab_size", 0) or 0),
-        max_positions=int(getattr(text_config, "max_position_embeddings", 0) or 0),
-        tied_embeddings=bool(getattr(model_config, "tie_word_embeddings", False)))
+        max_positions=int(getattr(text_config, "max_position_embeddings", 0) or 0))
     _SKELETONS[key] = result
     while len(_SKELETONS) > 8:
         _SKELETONS.popitem(last=False)
@@ -742,7 +740,7 @@ def onnx_bytes(skel: Skeleton, precision: str = "int4", execution_provider: str 
     rope = skel.max_positions * skel.head_dim * io_bytes if skel.head_dim else 0  # cos + sin, head_dim/2 each
     if precision != "int4":
         return int((linear + rest) * DTYPE_BYTES[precision] + rope)
-    algo = algo or schema.ModelBuilder().int4_algo_config
+    algo = algo or schema.ModelBuilder.model_fields["int4_algo_config"].default
     asymmetric = algo.startswith("k_quant") or symmetric is False
     int8 = int8_matmuls(skel, algo)
     weights = 0
@@ -762,8 +760,10 @@ _INT8_IN_MIXED_LAYERS = ("qkv_proj", "q_proj", "k_proj", "v_proj", "down_proj")
 def int8_matmuls(skel: Skeleton, algo: str) -> set[str]:
     """The linear layers the builder's mixed-precision methods keep in int8 (onnxruntime-genai 0.18,
     make_matmul_mixed_precision): the lm_head for *_last and *_mixed; for *_mixed also the attention's input
-    projections (the builder packs q/k/v into one MatMul) and down_proj of the first and last eighth of the
-    layers and of every third layer between, llama.cpp's choice of the most quantization-sensitive MatMuls."""
+    projections and down_proj of the first and last eighth of the layers and of every third layer between,
+    llama.cpp's choice of the most quantization-sensitive MatMuls. The builder packs q/k/v into one MatMul for
+    the common decoders (Llama, Phi-3, Mistral, Qwen2); where it keeps them apart (some Qwen variants, the DML
+    provider) only v_proj goes to int8, and this counts q_proj and k_proj as int8 too."""
     chosen = set()
     if algo.endswith(("_last", "_mixed")) and skel.output_embedding is not None:
         chosen.add(skel.output_embedding)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -214,10 +215,21 @@ def test_weights_read_into_memory_maps_no_file(merged):
 def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision, slicing):
     """The builder with k_quant in slices (the default method, k_quant_mixed: 4- and 8-bit weights), pread
     weights released once serialized, against the builder left as it is."""
+    import concurrent.futures
+
+    pools = []
+
+    class CountedPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", CountedPool)
     monkeypatch.setattr(model_builder, "k_quant_in_slices", functools.partial(k_quant_in_slices, **slicing))
     lean = tmp_path / "lean"
     build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
                scratch_dir=tmp_path / "scratch")
+    assert bool(pools) == (slicing.get("workers") == 2 and precision == "int4")  # the threads ran where meant to
     for name in ("k_quant_in_slices", "weights_read_into_memory", "weights_released_once_serialized"):
         monkeypatch.setattr(model_builder, name, contextlib.nullcontext)
     plain = tmp_path / "plain"
@@ -253,7 +265,14 @@ def test_default_int4_keeps_the_lm_head_and_some_layers_in_int8_as_the_estimate_
     assert int8 == {"/lm_head/MatMul_Q8"} | {f"/model/layers.{i}/{proj}/MatMul_Q8"
                                             for i in (0, 2) for proj in ("attn/qkv_proj", "mlp/down_proj")}
     skel = estimate.model_skeleton(load_config(f"input_model: {{model_path: {merged}}}\n").input_model)
-    assert len(estimate.int8_matmuls(skel, method)) == len(int8)
+
+    def onnx_node(name: str) -> str:  # model.layers.0.self_attn.qkv_proj -> /model/layers.0/attn/qkv_proj/MatMul_Q8
+        if name == "lm_head":
+            return "/lm_head/MatMul_Q8"
+        layer, module, proj = re.fullmatch(r"model\.layers\.(\d+)\.(\w+)\.(\w+)", name).groups()
+        return f"/model/layers.{layer}/{'attn' if module == 'self_attn' else module}/{proj}/MatMul_Q8"
+
+    assert {onnx_node(name) for name in estimate.int8_matmuls(skel, method)} == int8
     size = (tmp_path / "out" / "model.onnx.data").stat().st_size
     assert estimate.onnx_bytes(skel, "int4", "cpu", algo=method) == size
 

@@ -79,6 +79,8 @@ class LocalRun:
         self.final: Optional[Artifact] = None
         self.data_hashes: dict[str, str] = {}
         self.model_source = ""
+        # collections skip what earlier passes left (tunecell.memory), unless something else froze objects already
+        self.freezes = gc.get_freeze_count() == 0
 
     def execute(self) -> RunResult:
         started = time.perf_counter()
@@ -111,7 +113,8 @@ class LocalRun:
             e.result = result = self._result("failed", started, error=str(e))
             raise
         finally:
-            gc.unfreeze()
+            if self.freezes:
+                gc.unfreeze()
             if result is not None:
                 result.manifest_path = manifest.write(self, result)
                 record_run(self.config.resolve(self.config.cache_dir), {
@@ -187,7 +190,7 @@ class LocalRun:
             raise PassFailed(step.name, step.type, e) from e
         # the pass's heap would otherwise stay resident under the next pass, and the run's peak be their sum;
         # what survives is frozen (unfrozen when the run ends), so that later collections skip the libraries
-        release_memory(freeze_survivors=True)
+        release_memory(freeze_survivors=self.freezes)
         return self._done(step, entry, key, base, started, cache_hit=False)
 
     def _done(self, step, entry, key: str, base: Optional[Artifact], started: float, cache_hit: bool) -> Artifact:
