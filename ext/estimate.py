@@ -623,7 +623,7 @@ def estimate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *, 
         out.onnx_precision = builder.precision
         out.onnx_bytes = onnx_bytes(skel, builder.precision, config.execution_provider,
                                     block_size=builder.int4_block_size, symmetric=builder.int4_is_symmetric,
-                                    algo=str(builder.extra_options.get("algo_config", builder.int4_algo_config)))
+                                    algo=builder.int4_method)
     return out
 
 

@@ -228,6 +228,11 @@ class ModelBuilder(Model):
         "k_quant_mixed"
     extra_options: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
 
+    @property
+    def int4_method(self) -> str:
+        """The int4 method the builder gets: extra_options' algo_config, else int4_algo_config."""
+        return str(self.extra_options.get("algo_config", self.int4_algo_config))
+
 
 Pass = Annotated[Union[LoRA, QLoRA, MergeAdapterWeights, ModelBuilder], Field(discriminator="type")]
 
