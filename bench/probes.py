@@ -113,7 +113,7 @@ def cached_inprocess(args) -> None:
 
 
 def cached_cli(args) -> None:
-    """`tunecell run --config` (tunecell.cli.main, as the console script calls it) on a cached config; which heavy
+    """`tunecell run --config` (tunecell.cli.main, which the console script's entry() calls) on a cached config; which heavy
     modules it imported."""
     from tunecell.cli import main
 

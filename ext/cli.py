@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,6 +17,16 @@ from .errors import TunecellError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 EVENT_PREFIX = "tunecell-event: "
+
+
+def entry() -> int:
+    """The `tunecell` command: ``main()``, then ``gc.freeze()`` so that the interpreter's shutdown skips its last
+    collections over everything torch and transformers created (1.2 s after a run on this project's machine). Every
+    file tunecell writes is closed by then and atexit handlers still run; only objects in reference cycles go
+    unfinalized, as the process ends anyway."""
+    code = main()
+    gc.freeze()
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -94,4 +105,4 @@ def _event_writer(stack: contextlib.ExitStack, target: str):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -73,3 +73,22 @@ def test_failed_pass_exits_1_and_shows_the_error(tiny_model, tmp_path):
     assert "lora" in proc.stderr and "q_proj" in proc.stderr and "qkv_proj" in proc.stderr
     assert "failed" in proc.stderr
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_the_console_command_keeps_main_s_exit_code_and_freezes_the_heap_for_a_quick_exit(monkeypatch, tmp_path):
+    """The installed `tunecell` command is entry(): main()'s exit code, with every object frozen so that the
+    interpreter's shutdown does not collect them all again (bench/ measures the time it saves)."""
+    import gc
+    from importlib.metadata import entry_points
+
+    import tunecell.cli
+
+    (command,) = entry_points(group="console_scripts", name="tunecell")
+    assert command.value == "tunecell.cli:entry"
+    monkeypatch.setattr(sys, "argv", ["tunecell", "validate", str(tmp_path / "nowhere.yaml")])
+    assert gc.get_freeze_count() == 0
+    try:
+        assert tunecell.cli.entry() == 2
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
