@@ -113,8 +113,8 @@ def cached_inprocess(args) -> None:
 
 
 def cached_cli(args) -> None:
-    """`tunecell run --config` (tunecell.cli.main, which the console script's entry() calls) on a cached config; which heavy
-    modules it imported."""
+    """`tunecell run --config` (tunecell.cli.main, which the console script's entry() calls) on a cached config;
+    which heavy modules it imported."""
     from tunecell.cli import main
 
     code = main(["run", "--config", args.config, "--progress", "none"])
