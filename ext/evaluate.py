@@ -6,19 +6,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
-    from tunecell.inference import LoadedModel
+    from tunecell.inference import LoadedModel, Scoring
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data", ".gguf")
 
 
 def accuracy(model: "LoadedModel", examples: list[tuple[str, str]], labels: list[str],
-             max_new_tokens: int) -> float:
-    """Fraction of (prompt, expected label) pairs whose generated text starts with the expected label."""
+             max_new_tokens: int, scoring: "Scoring" = "generate") -> float:
+    """Fraction of (prompt, expected label) pairs that the model classifies right: by the first label word it
+    generates, or by the most likely label (``scoring``, see LoadedModel.classify)."""
     if not examples:
         raise ValueError("accuracy needs at least one example")
     correct = 0
     for prompt, expected in examples:
-        predicted = model.classify(prompt, labels, max_new_tokens=max_new_tokens)
+        predicted = model.classify(prompt, labels, max_new_tokens=max_new_tokens, scoring=scoring)
         correct += predicted is not None and predicted.lower() == expected.lower()
     return correct / len(examples)
 

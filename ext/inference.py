@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Union
 
 from .cpus import usable_cpus
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Scoring = Literal["generate", "loglikelihood"]
 
 
 def first_label(generated: str, labels: list[str]) -> Optional[str]:
@@ -31,6 +36,22 @@ def first_label(generated: str, labels: list[str]) -> Optional[str]:
     return best[2] if best else None
 
 
+def label_sequences(encode: Callable[[str], list[int]], prompt: str,
+                    labels: list[str]) -> list[tuple[int, list[int]]]:
+    """For each label, the tokens of prompt + label and where the label's own tokens start: the text is encoded
+    whole, as in training, and the label's tokens are those past the longest prefix shared with the prompt's."""
+    prompt_ids = encode(prompt)
+    sequences = []
+    for label in labels:
+        ids = encode(prompt + label)
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+        if start == 0 or start == len(ids):
+            raise ValueError(f"cannot score label {label!r} after this prompt: "
+                             + ("the prompt has no token to predict it from" if start == 0 else "it adds no token"))
+        sequences.append((start, ids))
+    return sequences
+
+
 class LoadedModel:
     """A model ready to generate. kind is "onnx" or "hf"."""
 
@@ -44,10 +65,53 @@ class LoadedModel:
     def generate(self, prompt: str, max_new_tokens: int = 64) -> str:
         return self.generate_with_stats(prompt, max_new_tokens)[0]
 
+    def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
+        """Each label's log-probability right after the prompt: the sum over its tokens (label_sequences). The
+        prompt runs once; each label's tokens extend its cached state one at a time, then the cache is cut back."""
+        import numpy as np
+
+        sequences = label_sequences(self._encode, prompt, labels)
+        shared = min(start for start, _ in sequences)
+        after_prompt = self._prefill(sequences[0][1][:shared], max(len(ids) for _, ids in sequences))
+        scores = []
+        for start, ids in sequences:
+            logits, total = after_prompt, 0.0
+            for position in range(shared, len(ids)):
+                if position >= start:
+                    top = logits.max()
+                    total += float(logits[ids[position]] - top - np.log(np.exp(logits - top).sum()))
+                if position + 1 < len(ids):
+                    logits = self._extend(ids[position])
+            self._rewind(shared)
+            scores.append(total)
+        return scores
+
+    # label_logprobs' steps, on a cache the model keeps between them
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _prefill(self, ids: list[int], max_length: int) -> "np.ndarray":
+        """Run ``ids`` into a fresh cache (room for max_length tokens); the float64 logits after the last one."""
+        raise NotImplementedError
+
+    def _extend(self, token: int) -> "np.ndarray":
+        raise NotImplementedError
+
+    def _rewind(self, length: int) -> None:
+        raise NotImplementedError
+
     def classify(self, text: str, labels: list[str], prompt_template: Optional[str] = None,
-                 max_new_tokens: int = 4) -> Optional[str]:
-        """Generate after the prompt (prompt_template with {text} filled, or text itself) and match a label."""
+                 max_new_tokens: int = 4, scoring: Scoring = "generate") -> Optional[str]:
+        """The label for ``text``, after the prompt (prompt_template with {text} filled, or text itself).
+
+        scoring "generate": greedy generation of max_new_tokens, then its first label word (None when it names
+        none). "loglikelihood": the label the model finds most likely after the prompt, always one of ``labels``:
+        what a model that never answers in the label words yet (before fine-tuning) still knows.
+        """
         prompt = prompt_template.format(text=text) if prompt_template else text
+        if scoring == "loglikelihood":
+            scores = self.label_logprobs(prompt, labels)
+            return labels[scores.index(max(scores))]
         return first_label(self.generate(prompt, max_new_tokens), labels)
 
     def __repr__(self) -> str:
@@ -106,6 +170,26 @@ class OnnxModel(LoadedModel):
         text = self._decode(new)
         return text, len(new), time.perf_counter() - start
 
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text).tolist()
+
+    def _prefill(self, ids: list[int], max_length: int) -> "np.ndarray":
+        if self._context_length and max_length > self._context_length:
+            raise ValueError(f"the prompt and label are {max_length} tokens; the model's context holds "
+                             f"{self._context_length}")
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=max_length)
+        self._scoring = self._og.Generator(self._model, params)
+        self._scoring.append_tokens(ids)
+        return self._scoring.get_logits().reshape(-1).astype("float64")
+
+    def _extend(self, token: int) -> "np.ndarray":
+        self._scoring.append_tokens([token])
+        return self._scoring.get_logits().reshape(-1).astype("float64")
+
+    def _rewind(self, length: int) -> None:
+        self._scoring.rewind_to(length)
+
     def _decode(self, ids: list[int]) -> str:
         if self._decoder is not None:
             return self._decoder.decode(ids, skip_special_tokens=True)
@@ -148,6 +232,27 @@ class HfModel(LoadedModel):
         new = output[0, inputs["input_ids"].shape[1]:].tolist()
         text = self._tokenizer.decode(new, skip_special_tokens=True)
         return text, len(new), time.perf_counter() - start
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer(text).input_ids
+
+    def _prefill(self, ids: list[int], max_length: int) -> "np.ndarray":
+        from transformers import DynamicCache
+
+        self._scoring = DynamicCache()
+        return self._forward(ids)
+
+    def _extend(self, token: int) -> "np.ndarray":
+        return self._forward([token])
+
+    def _rewind(self, length: int) -> None:
+        self._scoring.crop(length - self._scoring.get_seq_length())  # crop takes minus the tokens to drop
+
+    def _forward(self, ids: list[int]) -> "np.ndarray":
+        with self._torch.inference_mode():
+            out = self._model(input_ids=self._torch.tensor([ids]), cache=self._scoring, use_cache=True,
+                              logits_to_keep=1)
+        return out.logits[0, -1].double().numpy()
 
 
 def load_model(path: Union[str, Path], *, trust_remote_code: bool = False) -> LoadedModel:

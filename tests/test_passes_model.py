@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunecell import evaluate
-from tunecell.inference import first_label, load_model
+from tunecell.inference import first_label, label_sequences, load_model
 from tunecell.passes.merge import merge_adapter
 from tunecell.passes import model_builder
 from tunecell.passes.model_builder import (build_onnx, k_quant_in_slices, weights_read_into_memory,
@@ -314,6 +314,63 @@ def test_classify_fills_the_prompt_template(onnx_models):
     with_template = model.classify("I lost my dog today", labels, prompt_template=template)
     assert with_template == model.classify(prompt, labels)
     assert with_template == first_label(model.generate(prompt, 4), labels)
+
+
+def _merge_ab(text: str) -> list[int]:
+    """A toy tokenizer: one token per character, but "ab" is one token (999), as BPE merges pairs."""
+    ids, i = [], 0
+    while i < len(text):
+        ids.append(999 if text.startswith("ab", i) else ord(text[i]))
+        i += 2 if ids[-1] == 999 else 1
+    return ids
+
+
+def test_label_sequences_score_what_follows_the_prompt_s_tokens():
+    assert label_sequences(_merge_ab, "x:", ["yes", "no"]) == [(2, _merge_ab("x:yes")), (2, _merge_ab("x:no"))]
+    # the label "b" merges with the prompt's last character: its tokens start at the first one that differs
+    assert label_sequences(_merge_ab, "xa", ["b"]) == [(1, [ord("x"), 999])]
+    with pytest.raises(ValueError, match="no token to predict it from"):
+        label_sequences(_merge_ab, "", ["yes"])
+    with pytest.raises(ValueError, match="adds no token"):
+        label_sequences(_merge_ab, "x:", [""])
+
+
+def _full_forward_logprobs(folder: Path, prompt: str, labels: list[str]) -> list[float]:
+    """The reference: each prompt + label run whole through the model, no cache, its label tokens' log-probs summed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    scores = []
+    for start, ids in label_sequences(lambda text: tokenizer(text).input_ids, prompt, labels):
+        with torch.no_grad():
+            logprobs = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)
+        scores.append(sum(logprobs[t - 1, ids[t]].item() for t in range(start, len(ids))))
+    return scores
+
+
+LABELS = ["Sad", "Joy", "Fear", "Surprise", "Neverword"]
+
+
+def test_label_logprobs_are_the_model_s_own_probabilities(merged, onnx_models):
+    expected = {prompt: _full_forward_logprobs(merged, prompt, LABELS) for prompt in PROMPTS}
+    hf, fp32 = load_model(merged), load_model(onnx_models["fp32"])
+    for prompt in PROMPTS:
+        assert hf.label_logprobs(prompt, LABELS) == pytest.approx(expected[prompt], abs=1e-4)
+        assert fp32.label_logprobs(prompt, LABELS) == pytest.approx(expected[prompt], abs=1e-3)
+        assert all(score < 0 for score in expected[prompt])
+
+
+def test_loglikelihood_classify_and_accuracy_pick_the_most_likely_label(onnx_models):
+    model = load_model(onnx_models["int4"])
+    best = {}
+    for prompt in PROMPTS:
+        scores = model.label_logprobs(prompt, LABELS)
+        best[prompt] = LABELS[scores.index(max(scores))]
+        assert model.classify(prompt, LABELS, scoring="loglikelihood") == best[prompt]
+    # half the examples expect the model's choice, half another label: accuracy counts the first half
+    examples = [(p, best[p]) for p in PROMPTS] + [(p, next(l for l in LABELS if l != best[p])) for p in PROMPTS]
+    assert evaluate.accuracy(model, examples, LABELS, max_new_tokens=4, scoring="loglikelihood") == 0.5
 
 
 def test_speed_and_size_metrics(merged, onnx_models):

@@ -43,6 +43,8 @@ def embedded_run(tmp_path_factory):
         "evaluators": {"tone_eval": {"metrics": [
             {"name": "accuracy", "type": "accuracy", "data_config": "tones", "label_column": "tone",
              "max_new_tokens": 4},
+            {"name": "likelihood_accuracy", "type": "accuracy", "scoring": "loglikelihood", "data_config": "tones",
+             "label_column": "tone"},
             {"name": "latency", "type": "latency"},
         ]}},
         "evaluator": "tone_eval",
@@ -71,6 +73,16 @@ def test_training_lifts_held_out_accuracy(embedded_run):
     assert after >= 0.65, f"held-out accuracy after the merge: {after} (input {before}, int4 {metrics['mb']})"
     assert after - before >= 0.3, f"accuracy rose from {before} to {after}"
     assert metrics["mb"]["accuracy"] >= after - 0.05, f"int4 lost too much: {metrics['mb']} against {after}"
+
+
+def test_the_untrained_model_already_prefers_the_right_label_more_often_than_chance(embedded_run):
+    # Generation scores 0.0 before training (the model never answers in a label word), yet ranked by
+    # likelihood its labels beat chance (0.25): measured 0.316 here, 0.724 after training.
+    metrics = embedded_run.metrics
+    before, after = metrics["input"]["likelihood_accuracy"], metrics["merge"]["likelihood_accuracy"]
+    assert metrics["input"]["accuracy"] < before, metrics["input"]
+    assert 0.25 < before < after, f"likelihood accuracy {before} before training, {after} after"
+    assert metrics["mb"]["likelihood_accuracy"] >= after - 0.05, metrics
 
 
 def test_int4_model_answers_with_a_label(embedded_run):

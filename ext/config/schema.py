@@ -250,9 +250,18 @@ class Metric(Model):
     label_column: Optional[str] = None
     labels: Optional[list[str]] = None
     max_new_tokens: int = Field(8, ge=1)
+    # accuracy only. generate: the first label word in max_new_tokens greedy tokens; loglikelihood: the label the
+    # model finds most likely after the prompt (tunecell.inference.LoadedModel.classify)
+    scoring: Literal["generate", "loglikelihood"] = "generate"
     max_samples: Optional[int] = Field(None, ge=1)
     goal: Optional[Goal] = None
     priority: int = 1
+
+    @model_validator(mode="after")
+    def _scoring_is_for_accuracy(self) -> "Metric":
+        if self.scoring != "generate" and self.type != "accuracy":
+            raise ValueError(f"scoring applies to accuracy metrics, not to {self.type}")
+        return self
 
     @property
     def higher_is_better(self) -> bool:

@@ -60,7 +60,7 @@ def _one(metric: schema.Metric, model: Any, path: Path, config: schema.WorkflowC
     if metric.type == "accuracy":
         labels = metric.labels or config.data_config(metric.data_config).pre_process_data_config.labels \
             or sorted({label for _, label in examples})
-        return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens), 4)
+        return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring), 4)
     prompts = [prompt for prompt, _ in examples][:LATENCY_PROMPTS] or ["Hello, how are you today?"]
     if metric.type == "latency":
         return round(evaluate.latency_ms(model, prompts, metric.max_new_tokens), 2)
