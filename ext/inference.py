@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 from .cpus import usable_cpus
-
-if TYPE_CHECKING:
-    import numpy as np
 
 Scoring = Literal["generate", "loglikelihood"]
 
@@ -36,20 +33,21 @@ def first_label(generated: str, labels: list[str]) -> Optional[str]:
     return best[2] if best else None
 
 
-def label_sequences(encode: Callable[[str], list[int]], prompt: str,
-                    labels: list[str]) -> list[tuple[int, list[int]]]:
-    """For each label, the tokens of prompt + label and where the label's own tokens start: the text is encoded
-    whole, as in training, and the label's tokens are those past the longest prefix shared with the prompt's."""
+def label_sequences(encode: Callable[[str], list[int]], prompt: str, labels: list[str],
+                    end: Optional[int] = None) -> tuple[int, list[list[int]]]:
+    """The tokens of prompt + label for each label, encoded whole as in training, followed by ``end`` (the
+    end-of-text token training puts after each answer, which keeps "Sad" from winning over "Sadness" on its
+    prefix); and how many leading tokens all of them share with the prompt's. Every label is scored on the tokens
+    after those, so a label that merges with the prompt's last token pays for that token like the others."""
+    if not labels or not all(labels):
+        raise ValueError(f"labels must be non-empty words (got {labels!r})")
     prompt_ids = encode(prompt)
-    sequences = []
-    for label in labels:
-        ids = encode(prompt + label)
-        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
-        if start == 0 or start == len(ids):
-            raise ValueError(f"cannot score label {label!r} after this prompt: "
-                             + ("the prompt has no token to predict it from" if start == 0 else "it adds no token"))
-        sequences.append((start, ids))
-    return sequences
+    sequences = [encode(prompt + label) + ([end] if end is not None else []) for label in labels]
+    shared = min(next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids))
+                 for ids in sequences)
+    if shared == 0:
+        raise ValueError("the prompt has no token to predict a label from")
+    return shared, sequences
 
 
 class LoadedModel:
@@ -66,38 +64,8 @@ class LoadedModel:
         return self.generate_with_stats(prompt, max_new_tokens)[0]
 
     def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
-        """Each label's log-probability right after the prompt: the sum over its tokens (label_sequences). The
-        prompt runs once; each label's tokens extend its cached state one at a time, then the cache is cut back."""
-        import numpy as np
-
-        sequences = label_sequences(self._encode, prompt, labels)
-        shared = min(start for start, _ in sequences)
-        after_prompt = self._prefill(sequences[0][1][:shared], max(len(ids) for _, ids in sequences))
-        scores = []
-        for start, ids in sequences:
-            logits, total = after_prompt, 0.0
-            for position in range(shared, len(ids)):
-                if position >= start:
-                    top = logits.max()
-                    total += float(logits[ids[position]] - top - np.log(np.exp(logits - top).sum()))
-                if position + 1 < len(ids):
-                    logits = self._extend(ids[position])
-            self._rewind(shared)
-            scores.append(total)
-        return scores
-
-    # label_logprobs' steps, on a cache the model keeps between them
-    def _encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def _prefill(self, ids: list[int], max_length: int) -> "np.ndarray":
-        """Run ``ids`` into a fresh cache (room for max_length tokens); the float64 logits after the last one."""
-        raise NotImplementedError
-
-    def _extend(self, token: int) -> "np.ndarray":
-        raise NotImplementedError
-
-    def _rewind(self, length: int) -> None:
+        """Each label's log-probability after the prompt: the sum over its tokens and the end-of-text token that
+        training puts after each answer (label_sequences)."""
         raise NotImplementedError
 
     def classify(self, text: str, labels: list[str], prompt_template: Optional[str] = None,
@@ -142,6 +110,8 @@ class OnnxModel(LoadedModel):
         self._model = og.Model(og_config)
         self._tokenizer = og.Tokenizer(self._model)
         self._context_length = config.get("context_length")
+        eos = config.get("eos_token_id")  # the builder lists the tokenizer's end-of-text token first
+        self._end_of_text = eos[0] if isinstance(eos, list) else eos
         # og's decode gives up at the first invalid UTF-8 byte (a random or truncated output can end mid
         # character) and drops the rest, so decode with the tokenizers library when tokenizer.json is there
         self._decoder = None
@@ -170,25 +140,33 @@ class OnnxModel(LoadedModel):
         text = self._decode(new)
         return text, len(new), time.perf_counter() - start
 
-    def _encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text).tolist()
+    def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
+        # The shared prompt runs once; each label's tokens then extend that state one at a time (each step's
+        # logits score the next token) and the generator is rewound to the prompt for the next label.
+        import numpy as np
 
-    def _prefill(self, ids: list[int], max_length: int) -> "np.ndarray":
-        if self._context_length and max_length > self._context_length:
-            raise ValueError(f"the prompt and label are {max_length} tokens; the model's context holds "
+        shared, sequences = label_sequences(lambda text: self._tokenizer.encode(text).tolist(), prompt, labels,
+                                            self._end_of_text)
+        longest = max(len(ids) for ids in sequences)
+        if self._context_length and longest > self._context_length:
+            raise ValueError(f"the prompt and label are {longest} tokens; the model's context holds "
                              f"{self._context_length}")
         params = self._og.GeneratorParams(self._model)
-        params.set_search_options(max_length=max_length)
-        self._scoring = self._og.Generator(self._model, params)
-        self._scoring.append_tokens(ids)
-        return self._scoring.get_logits().reshape(-1).astype("float64")
-
-    def _extend(self, token: int) -> "np.ndarray":
-        self._scoring.append_tokens([token])
-        return self._scoring.get_logits().reshape(-1).astype("float64")
-
-    def _rewind(self, length: int) -> None:
-        self._scoring.rewind_to(length)
+        params.set_search_options(max_length=longest)
+        generator = self._og.Generator(self._model, params)
+        generator.append_tokens(sequences[0][:shared])
+        after_shared = generator.get_logits().reshape(-1).astype(np.float64)
+        scores = []
+        for ids in sequences:
+            logits, total = after_shared, 0.0
+            for position in range(shared, len(ids)):
+                total += float(logits[ids[position]] - np.logaddexp.reduce(logits))
+                if position + 1 < len(ids):
+                    generator.append_tokens(ids[position:position + 1])
+                    logits = generator.get_logits().reshape(-1).astype(np.float64)
+            generator.rewind_to(shared)
+            scores.append(total)
+        return scores
 
     def _decode(self, ids: list[int]) -> str:
         if self._decoder is not None:
@@ -221,6 +199,7 @@ class HfModel(LoadedModel):
         generation = self._model.generation_config
         self._eos = generation.eos_token_id if generation.eos_token_id is not None else self._tokenizer.eos_token_id
         pad = generation.pad_token_id if generation.pad_token_id is not None else self._tokenizer.pad_token_id
+        self._end_of_text = self._tokenizer.eos_token_id  # what training appends after each answer
         self._pad = pad if pad is not None else (self._eos[0] if isinstance(self._eos, list) else self._eos)
 
     def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
@@ -233,26 +212,19 @@ class HfModel(LoadedModel):
         text = self._tokenizer.decode(new, skip_special_tokens=True)
         return text, len(new), time.perf_counter() - start
 
-    def _encode(self, text: str) -> list[int]:
-        return self._tokenizer(text).input_ids
-
-    def _prefill(self, ids: list[int], max_length: int) -> "np.ndarray":
-        from transformers import DynamicCache
-
-        self._scoring = DynamicCache()
-        return self._forward(ids)
-
-    def _extend(self, token: int) -> "np.ndarray":
-        return self._forward([token])
-
-    def _rewind(self, length: int) -> None:
-        self._scoring.crop(length - self._scoring.get_seq_length())  # crop takes minus the tokens to drop
-
-    def _forward(self, ids: list[int]) -> "np.ndarray":
-        with self._torch.inference_mode():
-            out = self._model(input_ids=self._torch.tensor([ids]), cache=self._scoring, use_cache=True,
-                              logits_to_keep=1)
-        return out.logits[0, -1].double().numpy()
+    def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
+        # every prompt + label in one batch, padded on the right: one forward pass
+        torch = self._torch
+        shared, sequences = label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels,
+                                            self._end_of_text)
+        ids = torch.full((len(sequences), max(len(seq) for seq in sequences)), self._pad)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(sequences):
+            ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+        with torch.inference_mode():
+            logprobs = self._model(input_ids=ids, attention_mask=mask).logits.double().log_softmax(-1)
+        return [sum(logprobs[row, t - 1, seq[t]].item() for t in range(shared, len(seq)))
+                for row, seq in enumerate(sequences)]
 
 
 def load_model(path: Union[str, Path], *, trust_remote_code: bool = False) -> LoadedModel:

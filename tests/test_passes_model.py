@@ -325,43 +325,53 @@ def _merge_ab(text: str) -> list[int]:
     return ids
 
 
-def test_label_sequences_score_what_follows_the_prompt_s_tokens():
-    assert label_sequences(_merge_ab, "x:", ["yes", "no"]) == [(2, _merge_ab("x:yes")), (2, _merge_ab("x:no"))]
-    # the label "b" merges with the prompt's last character: its tokens start at the first one that differs
-    assert label_sequences(_merge_ab, "xa", ["b"]) == [(1, [ord("x"), 999])]
-    with pytest.raises(ValueError, match="no token to predict it from"):
+def test_label_sequences_score_what_follows_the_tokens_every_label_shares_with_the_prompt():
+    end = 0
+    assert label_sequences(_merge_ab, "x:", ["yes", "no"], end) == (2, [_merge_ab("x:yes") + [end],
+                                                                       _merge_ab("x:no") + [end]])
+    # "b" merges with the prompt's last character: every label is scored from the first token that differs
+    assert label_sequences(_merge_ab, "xa", ["b", "c"]) == (1, [[ord("x"), 999], [ord("x"), ord("a"), ord("c")]])
+    with pytest.raises(ValueError, match="no token to predict a label from"):
         label_sequences(_merge_ab, "", ["yes"])
-    with pytest.raises(ValueError, match="adds no token"):
-        label_sequences(_merge_ab, "x:", [""])
+    with pytest.raises(ValueError, match="non-empty"):
+        label_sequences(_merge_ab, "x:", ["yes", ""])
 
 
 def _full_forward_logprobs(folder: Path, prompt: str, labels: list[str]) -> list[float]:
-    """The reference: each prompt + label run whole through the model, no cache, its label tokens' log-probs summed."""
+    """The reference: each prompt + label + end of text run whole through the model, no cache, the log-probs of the
+    tokens after the shared prefix summed."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    shared, sequences = label_sequences(lambda text: tokenizer(text).input_ids, prompt, labels, tokenizer.eos_token_id)
     scores = []
-    for start, ids in label_sequences(lambda text: tokenizer(text).input_ids, prompt, labels):
+    for ids in sequences:
         with torch.no_grad():
             logprobs = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)
-        scores.append(sum(logprobs[t - 1, ids[t]].item() for t in range(start, len(ids))))
+        scores.append(sum(logprobs[t - 1, ids[t]].item() for t in range(shared, len(ids))))
     return scores
 
 
 LABELS = ["Sad", "Joy", "Fear", "Surprise", "Neverword"]
+UNEVEN = "hello there "  # the tiny tokenizer merges the trailing space with some labels, not with "Joy"
 
 
 def test_label_logprobs_are_the_model_s_own_probabilities(merged, onnx_models):
-    expected = {prompt: _full_forward_logprobs(merged, prompt, LABELS) for prompt in PROMPTS}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    prompt_length = len(tokenizer(UNEVEN).input_ids)
+    assert label_sequences(lambda text: tokenizer(text).input_ids, UNEVEN, LABELS)[0] < prompt_length
     hf, fp32 = load_model(merged), load_model(onnx_models["fp32"])
-    for prompt in PROMPTS:
-        assert hf.label_logprobs(prompt, LABELS) == pytest.approx(expected[prompt], abs=1e-4)
-        assert fp32.label_logprobs(prompt, LABELS) == pytest.approx(expected[prompt], abs=1e-3)
-        assert all(score < 0 for score in expected[prompt])
+    for prompt in PROMPTS + [UNEVEN]:
+        expected = _full_forward_logprobs(merged, prompt, LABELS)
+        assert hf.label_logprobs(prompt, LABELS) == pytest.approx(expected, abs=1e-4)
+        assert fp32.label_logprobs(prompt, LABELS) == pytest.approx(expected, abs=1e-3)
 
 
-def test_loglikelihood_classify_and_accuracy_pick_the_most_likely_label(onnx_models):
+def test_loglikelihood_classify_and_accuracy_use_the_label_logprobs(onnx_models):
+    """Plumbing: classify picks the label of the highest label_logprobs, and accuracy counts those picks."""
     model = load_model(onnx_models["int4"])
     best = {}
     for prompt in PROMPTS:

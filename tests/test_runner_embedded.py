@@ -75,13 +75,13 @@ def test_training_lifts_held_out_accuracy(embedded_run):
     assert metrics["mb"]["accuracy"] >= after - 0.05, f"int4 lost too much: {metrics['mb']} against {after}"
 
 
-def test_the_untrained_model_already_prefers_the_right_label_more_often_than_chance(embedded_run):
-    # Generation scores 0.0 before training (the model never answers in a label word), yet ranked by
-    # likelihood its labels beat chance (0.25): measured 0.316 here, 0.724 after training.
+def test_likelihood_accuracy_scores_the_untrained_model_and_rises_with_training(embedded_run):
+    # Generation scores 0.0 before training (the model does not answer in a label word yet); ranking the labels by
+    # likelihood scores what it knows already. Measured here: see the note on issue 4 and README.md.
     metrics = embedded_run.metrics
     before, after = metrics["input"]["likelihood_accuracy"], metrics["merge"]["likelihood_accuracy"]
-    assert metrics["input"]["accuracy"] < before, metrics["input"]
-    assert 0.25 < before < after, f"likelihood accuracy {before} before training, {after} after"
+    assert before > metrics["input"]["accuracy"], metrics["input"]
+    assert after - before >= 0.3, f"likelihood accuracy {before} before training, {after} after"
     assert metrics["mb"]["likelihood_accuracy"] >= after - 0.05, metrics
 
 

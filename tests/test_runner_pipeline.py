@@ -327,3 +327,25 @@ def test_an_entry_rebuilt_under_the_same_key_is_published_again(tiny_model, tmp_
         assert os.path.samefile(published, built)  # linked from this run's entry
         builds.append((built.stat().st_ino, (published.parent / ".tunecell-identity").read_text()))
     assert builds[0][0] != builds[1][0] and builds[0][1] != builds[1][1]
+
+
+def test_metrics_are_measured_again_when_the_scoring_or_the_measuring_packages_change(monkeypatch):
+    from tunecell.config import load_config
+    from tunecell.passes.base import Artifact
+    from tunecell.runner import evaluation
+
+    config = load_config(Path(__file__).parent / "configs" / "example.yaml")
+    model = Artifact("hf", Path("model"), "sha256:0123")
+
+    def key(scoring: str = "generate") -> str:
+        evaluator = config.evaluators[config.evaluator].model_copy(deep=True)
+        evaluator.metrics[0] = evaluator.metrics[0].model_copy(update={"scoring": scoring})
+        return evaluation.metrics_key(model, evaluator, config, {"tones": "sha256:data"})
+
+    assert evaluation.metrics_key(model, config.evaluators[config.evaluator], config, {"tones": "sha256:data"}) == key()
+    assert key("loglikelihood") != key()
+    before = key()
+    versions = evaluation.package_versions
+    monkeypatch.setattr(evaluation, "package_versions",
+                        lambda names: {**versions(names), "tunecell": "999.0"})
+    assert key() != before

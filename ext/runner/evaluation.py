@@ -6,9 +6,10 @@ from typing import Any, Optional
 
 from ..config import schema
 from ..passes.base import Artifact
-from .cache import Cache, digest
+from .cache import Cache, digest, package_versions
 
 LATENCY_PROMPTS = 8
+MEASURED_WITH = ("tunecell", "transformers", "onnxruntime-genai")  # a new version may measure differently
 
 
 def eval_rows(config: schema.WorkflowConfig, data_name: str) -> tuple[list[dict], Optional[dict]]:
@@ -35,7 +36,7 @@ def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.
     return digest({"model": artifact.identity, "evaluator": evaluator.model_dump(mode="json"),
                    "data": {name: data_hashes.get(name) for name in used},
                    "pre": {name: config.data_config(name).pre_process_data_config.model_dump(mode="json") for name in used},
-                   "splits": splits})
+                   "splits": splits, "packages": package_versions(MEASURED_WITH)})
 
 
 def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig, cache: Cache,
