@@ -43,7 +43,8 @@ def label_sequences(encode: Callable[[str], list[int]], prompt: str, labels: lis
         raise ValueError(f"labels must be non-empty words (got {labels!r})")
     prompt_ids = encode(prompt)
     sequences = [encode(prompt + label) + ([end] if end is not None else []) for label in labels]
-    shared = min(next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids))
+    shared = min(next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b),
+                      min(len(prompt_ids), len(ids) - 1))  # at least one token of each label is scored
                  for ids in sequences)
     if shared == 0:
         raise ValueError("the prompt has no token to predict a label from")

@@ -49,8 +49,8 @@ OLIVE_IGNORES: dict[str, dict[str, str]] = {
         "use_chat_template": "it formats rows with its own chat_template and message_col keys"},
     "pass": {"eval_dataset_size": "its LoRA holds no rows out (give it an eval_data_config)"},
     "metric": {"label_column": OLIVE_MATCHES_NO_LABEL_WORDS, "labels": OLIVE_MATCHES_NO_LABEL_WORDS,
-               "max_new_tokens": OLIVE_MATCHES_NO_LABEL_WORDS, "scoring": "it has no likelihood scoring of label words",
-               "max_samples": "it scores every evaluation row"},
+               "max_new_tokens": OLIVE_MATCHES_NO_LABEL_WORDS, "max_samples": "it scores every evaluation row",
+               "scoring": "it has no likelihood scoring of label words"},
 }
 
 
