@@ -33,6 +33,11 @@ def first_label(generated: str, labels: list[str]) -> Optional[str]:
     return best[2] if best else None
 
 
+def first_id(ids: Union[int, list[int], None]) -> Optional[int]:
+    """The token id of a config field that holds one id or a list of them (eos_token_id, say), the first if many."""
+    return ids[0] if isinstance(ids, list) else ids
+
+
 def label_sequences(encode: Callable[[str], list[int]], prompt: str, labels: list[str],
                     end: Optional[int] = None) -> tuple[int, list[list[int]]]:
     """The tokens of prompt + label for each label, encoded whole as in training, followed by ``end`` (the
@@ -111,8 +116,7 @@ class OnnxModel(LoadedModel):
         self._model = og.Model(og_config)
         self._tokenizer = og.Tokenizer(self._model)
         self._context_length = config.get("context_length")
-        eos = config.get("eos_token_id")  # the builder lists the tokenizer's end-of-text token first
-        self._end_of_text = eos[0] if isinstance(eos, list) else eos
+        self._end_of_text = first_id(config.get("eos_token_id"))  # the builder lists the tokenizer's eos first
         # og's decode gives up at the first invalid UTF-8 byte (a random or truncated output can end mid
         # character) and drops the rest, so decode with the tokenizers library when tokenizer.json is there
         self._decoder = None
@@ -200,8 +204,8 @@ class HfModel(LoadedModel):
         generation = self._model.generation_config
         self._eos = generation.eos_token_id if generation.eos_token_id is not None else self._tokenizer.eos_token_id
         pad = generation.pad_token_id if generation.pad_token_id is not None else self._tokenizer.pad_token_id
+        self._pad = pad if pad is not None else first_id(self._eos)
         self._end_of_text = self._tokenizer.eos_token_id  # what training appends after each answer
-        self._pad = pad if pad is not None else (self._eos[0] if isinstance(self._eos, list) else self._eos)
 
     def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
         start = time.perf_counter()

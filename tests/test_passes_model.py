@@ -337,13 +337,11 @@ def test_label_sequences_score_what_follows_the_tokens_every_label_shares_with_t
         label_sequences(_merge_ab, "x:", ["yes", ""])
 
 
-def _full_forward_logprobs(folder: Path, prompt: str, labels: list[str]) -> list[float]:
+def _full_forward_logprobs(tokenizer, model, prompt: str, labels: list[str]) -> list[float]:
     """The reference: each prompt + label + end of text run whole through the model, no cache, the log-probs of the
     tokens after the shared prefix summed."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
     shared, sequences = label_sequences(lambda text: tokenizer(text).input_ids, prompt, labels, tokenizer.eos_token_id)
     scores = []
     for ids in sequences:
@@ -358,14 +356,14 @@ UNEVEN = "hello there "  # the tiny tokenizer merges the trailing space with som
 
 
 def test_label_logprobs_are_the_model_s_own_probabilities(merged, onnx_models):
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(merged)
+    tokenizer, model = AutoTokenizer.from_pretrained(merged), AutoModelForCausalLM.from_pretrained(merged).eval()
     prompt_length = len(tokenizer(UNEVEN).input_ids)
     assert label_sequences(lambda text: tokenizer(text).input_ids, UNEVEN, LABELS)[0] < prompt_length
     hf, fp32 = load_model(merged), load_model(onnx_models["fp32"])
     for prompt in PROMPTS + [UNEVEN]:
-        expected = _full_forward_logprobs(merged, prompt, LABELS)
+        expected = _full_forward_logprobs(tokenizer, model, prompt, LABELS)
         assert hf.label_logprobs(prompt, LABELS) == pytest.approx(expected, abs=1e-4)
         assert fp32.label_logprobs(prompt, LABELS) == pytest.approx(expected, abs=1e-3)
 
