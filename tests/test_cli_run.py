@@ -92,3 +92,47 @@ def test_the_console_command_keeps_main_s_exit_code_and_freezes_the_heap_for_a_q
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+BITSANDBYTES_STATE = """
+import sys
+from tunecell.cli import main
+code = main(sys.argv[1:])
+import peft.import_utils
+blocked = "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None
+print("bitsandbytes:", "blocked" if blocked else "importable", "peft sees it:", peft.import_utils.is_bnb_available())
+sys.exit(code)
+"""
+
+
+def test_a_run_without_qlora_trains_with_bitsandbytes_blocked(tiny_model, tmp_path):
+    """bitsandbytes costs a second and 45 MB to import; a command whose config cannot use it never loads it, and
+    peft and the Trainer take the blocked import as "not installed"."""
+    path = write_config(tmp_path / "lora.yaml", tiny_model, {
+        "lora": {"type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["qkv_proj"], "train_data_config": "tones",
+                 "training_args": {"max_steps": 2}},
+        "merge": {"type": "MergeAdapterWeights"}})
+    proc = subprocess.run([sys.executable, "-c", BITSANDBYTES_STATE, "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "bitsandbytes: blocked peft sees it: False" in proc.stdout
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "succeeded"
+
+
+def test_bitsandbytes_stays_importable_for_qlora_and_quantized_input_folders(tiny_model, tmp_path):
+    import shutil
+
+    from tunecell.cli import uses_bitsandbytes
+    from tunecell.config import load_config
+
+    def config(passes: dict, model: Path = tiny_model):
+        return load_config(write_config(tmp_path / "c.yaml", model, passes))
+
+    lora = {"type": "LoRA", "target_modules": ["qkv_proj"], "train_data_config": "tones"}
+    assert not uses_bitsandbytes(config({"lora": lora}))
+    assert uses_bitsandbytes(config({"qlora": {**lora, "type": "QLoRA"}}))
+    quantized = shutil.copytree(tiny_model, tmp_path / "quantized")
+    settings = json.loads((quantized / "config.json").read_text())
+    settings["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantized / "config.json").write_text(json.dumps(settings))
+    assert uses_bitsandbytes(config({"lora": lora}, quantized))

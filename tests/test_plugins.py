@@ -59,9 +59,12 @@ output_dir: {tmp_path}/out
     (tmp_path / "c.yaml").write_text(config)
     out = _python("""
         import json, tunecell
+        from tunecell.cli import uses_bitsandbytes
+        from tunecell.config import load_config
         result = tunecell.run("c.yaml", progress="none")
         print(json.dumps({"status": result.status, "metrics": result.metrics,
-                          "generated": tunecell.load_model(result.artifacts["model"]).generate("Hello", 3)}))
+                          "generated": tunecell.load_model(result.artifacts["model"]).generate("Hello", 3),
+                          "bitsandbytes_kept": uses_bitsandbytes(load_config("c.yaml"))}))
     """, plugin_path, tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -70,6 +73,7 @@ output_dir: {tmp_path}/out
     # int8 weights are about a quarter of the fp32 ones
     assert report["metrics"]["int8"]["size"] < 0.5 * report["metrics"]["mb"]["size"]
     assert isinstance(report["generated"], str)
+    assert report["bitsandbytes_kept"]  # the command cannot know what a plugin imports
 
 
 def test_plugin_options_are_validated_with_located_errors(plugin_path, tmp_path):
