@@ -24,12 +24,14 @@ def entry() -> int:
     collections over everything torch and transformers created (1.2 s after a run on this project's machine). Every
     file tunecell writes is closed by then and atexit handlers still run; only objects in reference cycles go
     unfinalized, as the process ends anyway."""
-    code = main()
+    code = main(whole_process=True)
     gc.freeze()
     return code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, whole_process: bool = False) -> int:
+    """``whole_process``: the process does nothing else (the console script, an AzureML job), so a run may keep
+    libraries its config cannot use from being imported at all."""
     parser = argparse.ArgumentParser(prog="tunecell", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check a config and print the plan it makes")
@@ -43,6 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--progress", choices=("text", "none"), default="text",
                      help="text: progress bars on stderr (the default); none: no bars")
     args = parser.parse_args(argv)
+    args.whole_process = whole_process
     return {"validate": _validate, "run": _run}[args.command](args)
 
 
@@ -73,10 +76,10 @@ def _run(args: argparse.Namespace) -> int:
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    if not uses_bitsandbytes(config):
+    if args.whole_process and not uses_bitsandbytes(config):
         # peft and transformers' Trainer import bitsandbytes whenever it is installed, and it compiles its CPU
         # kernels with torch.compile as it loads: 1.1-1.4 s and 45 MB here. A blocked import reads as "not
-        # installed" to both. Only the command does this: a notebook kernel may run a QLoRA config later.
+        # installed" to both, who cache that answer: so only in a process that runs nothing after this config.
         sys.modules.setdefault("bitsandbytes", None)
     with contextlib.ExitStack() as stack:
         subscribers = [_event_writer(stack, target) for target in args.events]

@@ -546,10 +546,10 @@ def test_the_remote_bootstrap_fills_inputs_and_reads_the_token_without_showing_i
         monkeypatch.setenv(key, value)
     ran = {}
 
-    def fake_cli(argv):
+    def fake_cli(argv, whole_process=False):
         import os
 
-        ran["argv"], ran["token"] = argv, os.environ.get("HF_TOKEN")
+        ran["argv"], ran["token"], ran["whole_process"] = argv, os.environ.get("HF_TOKEN"), whole_process
         return 0
 
     monkeypatch.setattr(tunecell.cli, "main", fake_cli)
@@ -559,6 +559,7 @@ def test_the_remote_bootstrap_fills_inputs_and_reads_the_token_without_showing_i
         "${{inputs.data_more}}", "/mnt/more.jsonl").replace("${{outputs.output_dir}}", "/mnt/out").split()
     assert remote.main(words[3:]) == 0
     assert read == ["https://kv-team.vault.azure.net/", "hf-token"] and ran["token"] == TOKEN
+    assert ran["whole_process"]  # the job's process runs only this command
     argv = ran["argv"]
     assert argv[:3] == ["run", "--config", "config.job.json"]  # next to config.json, in the job's folder
     assert argv[3:] == ["--events", "/mnt/out/events.jsonl", "--events", "-", "--progress", "none",

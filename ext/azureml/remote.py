@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_SETUP
     from tunecell.cli import main as tunecell
 
-    return tunecell(cli)
+    return tunecell(cli, whole_process=True)
 
 
 class SetupError(Exception):
