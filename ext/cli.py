@@ -97,15 +97,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def uses_bitsandbytes(config) -> bool:
-    """Whether a run of ``config`` may need bitsandbytes: a QLoRA pass, another package's pass, or a local input
-    folder quantized with it."""
+    """Whether a run of ``config`` may need bitsandbytes: a QLoRA pass, another package's pass, or an input model
+    quantized with it."""
     from .passes.registry import pass_specs
 
     specs = [pass_specs()[p.type] for p in config.passes.values()]
     if any(s.source != "tunecell" or "bitsandbytes" in s.packages for s in specs):
         return True
-    model_path = config.input_model.model_path
-    model_config = config.resolve(model_path) / "config.json" if isinstance(model_path, str) else None
+    return _quantized_with_bitsandbytes(config.input_model)
+
+
+def _quantized_with_bitsandbytes(input_model) -> bool:
+    """Whether the local HF folder the run will load (as resolve_model finds it) names bitsandbytes in its
+    config.json."""
+    spec = input_model.model_path
+    model_config = Path(spec).expanduser() / "config.json" if isinstance(spec, str) else None
     return bool(model_config and model_config.is_file() and "bitsandbytes" in model_config.read_text(errors="replace"))
 
 

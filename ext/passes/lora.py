@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import signal
 import threading
 import time
@@ -12,6 +11,7 @@ from typing import Any, Iterator, Optional
 from ..config import schema
 from ..errors import ConfigError
 from ..events import TrainStep
+from ..memory import older_objects_frozen
 from .base import Artifact, Interrupted, PassContext
 
 
@@ -60,7 +60,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         ctx.log(f"resuming from {resume.name}")
     started = time.perf_counter()
     try:
-        with _interrupt_sets(ctx.stop), _older_objects_frozen():
+        with _interrupt_sets(ctx.stop), older_objects_frozen():
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except KeyboardInterrupt:
         # Raised between steps (a callback, or a second Ctrl-C): the state is a whole step, so keep it.
@@ -228,18 +228,3 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-@contextlib.contextmanager
-def _older_objects_frozen() -> Iterator[None]:
-    """Keep the objects that exist before training (torch's, transformers', the notebook's) out of the garbage
-    collector's full passes while it runs: Trainer ends with accelerate's gc.collect(), 0.2 s over all of them on
-    this project's machine. They are handed back afterwards, so the Trainer's reference cycles can be collected.
-    Objects frozen already (by the runner after an earlier pass, or by the caller) are left as they are."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
