@@ -17,10 +17,10 @@ def accuracy(model: "LoadedModel", examples: list[tuple[str, str]], labels: list
     generates, or by the most likely label (``scoring``, see LoadedModel.classify)."""
     if not examples:
         raise ValueError("accuracy needs at least one example")
-    correct = 0
-    for prompt, expected in examples:
-        predicted = model.classify(prompt, labels, max_new_tokens=max_new_tokens, scoring=scoring)
-        correct += predicted is not None and predicted.lower() == expected.lower()
+    predictions = model.classify_many([prompt for prompt, _ in examples], labels, max_new_tokens=max_new_tokens,
+                                      scoring=scoring)
+    correct = sum(predicted is not None and predicted.lower() == expected.lower()
+                  for predicted, (_, expected) in zip(predictions, examples))
     return correct / len(examples)
 
 

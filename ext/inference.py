@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Union
 
 from .cpus import usable_cpus
+
+if TYPE_CHECKING:
+    import torch
 
 Scoring = Literal["generate", "loglikelihood"]
 
@@ -69,10 +72,18 @@ class LoadedModel:
     def generate(self, prompt: str, max_new_tokens: int = 64) -> str:
         return self.generate_with_stats(prompt, max_new_tokens)[0]
 
+    def generate_many(self, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
+        """generate() for each prompt, in order; a backend that can batch them does."""
+        return [self.generate(prompt, max_new_tokens) for prompt in prompts]
+
     def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
         """Each label's log-probability after the prompt: the sum over its tokens and the end-of-text token that
         training puts after each answer (label_sequences)."""
         raise NotImplementedError
+
+    def label_logprobs_many(self, prompts: list[str], labels: list[str]) -> list[list[float]]:
+        """label_logprobs() for each prompt, in order; a backend that can batch them does."""
+        return [self.label_logprobs(prompt, labels) for prompt in prompts]
 
     def classify(self, text: str, labels: list[str], prompt_template: Optional[str] = None,
                  max_new_tokens: int = 4, scoring: Scoring = "generate") -> Optional[str]:
@@ -82,11 +93,15 @@ class LoadedModel:
         none). "loglikelihood": the label the model finds most likely after the prompt, always one of ``labels``:
         what a model that never answers in the label words yet (before fine-tuning) still knows.
         """
-        prompt = prompt_template.format(text=text) if prompt_template else text
+        return self.classify_many([text], labels, prompt_template, max_new_tokens, scoring)[0]
+
+    def classify_many(self, texts: list[str], labels: list[str], prompt_template: Optional[str] = None,
+                      max_new_tokens: int = 4, scoring: Scoring = "generate") -> list[Optional[str]]:
+        """classify() for each text, in order, the generations batched where the backend can."""
+        prompts = [prompt_template.format(text=text) if prompt_template else text for text in texts]
         if scoring == "loglikelihood":
-            scores = self.label_logprobs(prompt, labels)
-            return labels[scores.index(max(scores))]
-        return first_label(self.generate(prompt, max_new_tokens), labels)
+            return [labels[scores.index(max(scores))] for scores in self.label_logprobs_many(prompts, labels)]
+        return [first_label(text, labels) for text in self.generate_many(prompts, max_new_tokens)]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} {self.path}>"
@@ -217,19 +232,70 @@ class HfModel(LoadedModel):
         text = self._tokenizer.decode(new, skip_special_tokens=True)
         return text, len(new), time.perf_counter() - start
 
+    def generate_many(self, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
+        # Prompts of similar length go together, padded on the left; generate() takes the positions from the
+        # attention mask, so each row continues its prompt as it would alone (within float rounding).
+        encoded = [self._tokenizer(prompt).input_ids for prompt in prompts]
+        stops = set(self._eos if isinstance(self._eos, list) else [self._eos])
+        texts = [""] * len(prompts)
+        by_length = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(by_length), batch_size):
+            rows = by_length[start:start + batch_size]
+            ids, mask = self._padded([encoded[i] for i in rows], left=True)
+            with self._torch.inference_mode():
+                output = self._model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                              do_sample=False, num_beams=1, eos_token_id=self._eos,
+                                              pad_token_id=self._pad)
+            for row, i in enumerate(rows):
+                new = output[row, ids.shape[1]:].tolist()
+                end = next((at + 1 for at, token in enumerate(new) if token in stops), len(new))  # then padding
+                texts[i] = self._tokenizer.decode(new[:end], skip_special_tokens=True)
+        return texts
+
     def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
-        # every prompt + label in one batch, padded on the right: one forward pass
+        return self.label_logprobs_many([prompt], labels)[0]
+
+    def label_logprobs_many(self, prompts: list[str], labels: list[str], batch_size: int = 16) -> list[list[float]]:
+        return [scores for start in range(0, len(prompts), batch_size)
+                for scores in self._label_logprobs_batch(prompts[start:start + batch_size], labels)]
+
+    def _label_logprobs_batch(self, prompts: list[str], labels: list[str]) -> list[list[float]]:
+        # Two forward passes. First the tokens each prompt shares with all its labels, padded on the left so that
+        # every prompt's last logits are in the last column. Then each label's own tokens, one row per prompt and
+        # label, padded on the right, over copies of that prompt's cached state. Positions are given explicitly:
+        # with padding they no longer follow the columns.
         torch = self._torch
-        shared, sequences = label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels,
-                                            self._end_of_text)
-        ids = torch.full((len(sequences), max(len(seq) for seq in sequences)), self._pad)
+        split = [label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels, self._end_of_text)
+                 for prompt in prompts]
+        ids, mask = self._padded([sequences[0][:shared] for shared, sequences in split], left=True)
+        tails = [seq[shared:] for shared, sequences in split for seq in sequences]  # prompt by prompt, each label
+        with torch.inference_mode():
+            out = self._model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                              use_cache=True, logits_to_keep=1)
+            first = out.logits[:, -1].double().log_softmax(-1).repeat_interleave(len(labels), 0)
+            scores = [first[row, tail[0]].item() for row, tail in enumerate(tails)]
+            fed = [tail[:-1] for tail in tails]  # a label's last token is scored, never fed
+            if any(fed):
+                tail_ids, tail_mask = self._padded(fed, left=False)
+                out.cache.batch_repeat_interleave(len(labels))
+                prompt_mask = mask.repeat_interleave(len(labels), 0)
+                positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(tail_ids.shape[1])
+                logprobs = self._model(input_ids=tail_ids, attention_mask=torch.cat([prompt_mask, tail_mask], -1),
+                                       position_ids=positions, cache=out.cache).logits.double().log_softmax(-1)
+                scores = [score + sum(logprobs[row, t, tail[t + 1]].item() for t in range(len(tail) - 1))
+                          for row, (score, tail) in enumerate(zip(scores, tails))]
+        return [scores[at:at + len(labels)] for at in range(0, len(scores), len(labels))]
+
+    def _padded(self, sequences: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of sequences padded to the longest, on the left or the right."""
+        torch = self._torch
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self._pad)
         mask = torch.zeros_like(ids)
         for row, seq in enumerate(sequences):
-            ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
-        with torch.inference_mode():
-            logprobs = self._model(input_ids=ids, attention_mask=mask).logits.double().log_softmax(-1)
-        return [sum(logprobs[row, t - 1, seq[t]].item() for t in range(shared, len(seq)))
-                for row, seq in enumerate(sequences)]
+            columns = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, columns], mask[row, columns] = torch.tensor(seq, dtype=ids.dtype), 1
+        return ids, mask
 
 
 def load_model(path: Union[str, Path], *, trust_remote_code: bool = False) -> LoadedModel:

@@ -306,6 +306,18 @@ def test_accuracy_is_the_fraction_classify_gets_right(onnx_models):
     assert 0 < value < 1
 
 
+def test_batched_generation_continues_each_prompt_as_alone(merged, onnx_models):
+    """The HF backend generates prompts of different lengths together, padded on the left: each row must get the
+    tokens it gets alone, including rows that stop early (a batch smaller than the prompts, so it also splits)."""
+    for folder in (merged, onnx_models["int4"]):
+        model = load_model(folder)
+        alone = [model.generate(prompt, 6) for prompt in PROMPTS]
+        batched = model.generate_many(PROMPTS, 6, batch_size=3) if model.kind == "hf" else \
+            model.generate_many(PROMPTS, 6)
+        assert batched == alone
+        assert len({len(text) for text in alone}) > 1, alone
+
+
 def test_classify_fills_the_prompt_template(onnx_models):
     model = load_model(onnx_models["int4"])
     template = "### Text: {text}\n### The tone is:\n"
@@ -362,10 +374,16 @@ def test_label_logprobs_are_the_model_s_own_probabilities(merged, onnx_models):
     prompt_length = len(tokenizer(UNEVEN).input_ids)
     assert label_sequences(lambda text: tokenizer(text).input_ids, UNEVEN, LABELS)[0] < prompt_length
     hf, fp32 = load_model(merged), load_model(onnx_models["fp32"])
-    for prompt in PROMPTS + [UNEVEN]:
-        expected = _full_forward_logprobs(tokenizer, model, prompt, LABELS)
-        assert hf.label_logprobs(prompt, LABELS) == pytest.approx(expected, abs=1e-4)
-        assert fp32.label_logprobs(prompt, LABELS) == pytest.approx(expected, abs=1e-3)
+    prompts = PROMPTS + [UNEVEN]
+    expected = [_full_forward_logprobs(tokenizer, model, prompt, LABELS) for prompt in prompts]
+    for prompt, reference in zip(prompts, expected):
+        assert hf.label_logprobs(prompt, LABELS) == pytest.approx(reference, abs=1e-4)
+        assert fp32.label_logprobs(prompt, LABELS) == pytest.approx(reference, abs=1e-3)
+    # prompts of different lengths batched together (left-padded), in batches smaller than the list
+    batched = hf.label_logprobs_many(prompts, LABELS, batch_size=4)
+    assert len(batched) == len(prompts)
+    for scores, reference in zip(batched, expected):
+        assert scores == pytest.approx(reference, abs=1e-4)
 
 
 def test_loglikelihood_classify_and_accuracy_use_the_label_logprobs(onnx_models):

@@ -89,3 +89,16 @@ def test_int4_model_answers_with_a_label(embedded_run):
     model = tunecell.load_model(embedded_run.artifacts["model"])
     answer = model.classify("I lost my dog today", LABELS, "### Text: {text}\n### The tone is:\n")
     assert answer in LABELS
+
+
+def test_batched_answers_are_the_answers_one_prompt_at_a_time(embedded_run):
+    # The trained model answers a label and ends its text, at different lengths per prompt: generating prompts
+    # together (left padding) must give each the answer it gets alone.
+    import json
+
+    merged = tunecell.load_model(next(p.artifact for p in embedded_run.passes if p.name == "merge"))
+    phrases = [json.loads(line)["phrase"] for line in TONES.read_text().splitlines()[:12]]
+    prompts = [f"### Text: {phrase}\n### The tone is:\n" for phrase in phrases]
+    alone = [merged.generate(prompt, 8) for prompt in prompts]
+    assert merged.generate_many(prompts, 8) == alone
+    assert all(answer.strip() in LABELS for answer in alone), alone
