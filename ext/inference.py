@@ -219,7 +219,10 @@ class HfModel(LoadedModel):
         generation = self._model.generation_config
         self._eos = generation.eos_token_id if generation.eos_token_id is not None else self._tokenizer.eos_token_id
         pad = generation.pad_token_id if generation.pad_token_id is not None else self._tokenizer.pad_token_id
-        self._pad = pad if pad is not None else first_id(self._eos)
+        pad = first_id(pad if pad is not None else self._eos)
+        self._pad = pad if pad is not None else 0  # padded positions are masked: any id does
+        # remote code may predate the cache= / logits_to_keep= arguments that prefix sharing passes
+        self._share_prefix = not trust_remote_code
         self._end_of_text = self._tokenizer.eos_token_id  # what training appends after each answer
 
     def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
@@ -255,36 +258,56 @@ class HfModel(LoadedModel):
     def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
         return self.label_logprobs_many([prompt], labels)[0]
 
-    def label_logprobs_many(self, prompts: list[str], labels: list[str], batch_size: int = 16) -> list[list[float]]:
-        return [scores for start in range(0, len(prompts), batch_size)
-                for scores in self._label_logprobs_batch(prompts[start:start + batch_size], labels)]
+    def label_logprobs_many(self, prompts: list[str], labels: list[str], batch_rows: int = 64) -> list[list[float]]:
+        # batch_rows bounds the prompt-and-label rows of one forward pass, so memory does not grow with the labels
+        per_batch = max(1, batch_rows // len(labels)) if labels else 1
+        scores: list[list[float]] = []
+        for start in range(0, len(prompts), per_batch):
+            batch = [label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels, self._end_of_text)
+                     for prompt in prompts[start:start + per_batch]]
+            scored = self._scores_sharing_prefixes(batch) if self._share_prefix else None
+            scores.extend(scored if scored is not None else [self._scores_whole(*split) for split in batch])
+        return scores
 
-    def _label_logprobs_batch(self, prompts: list[str], labels: list[str]) -> list[list[float]]:
+    def _scores_sharing_prefixes(self, batch: list[tuple[int, list[list[int]]]]) -> Optional[list[list[float]]]:
         # Two forward passes. First the tokens each prompt shares with all its labels, padded on the left so that
         # every prompt's last logits are in the last column. Then each label's own tokens, one row per prompt and
         # label, padded on the right, over copies of that prompt's cached state. Positions are given explicitly:
-        # with padding they no longer follow the columns.
+        # with padding they no longer follow the columns. None when the cache cannot be copied row by row (the
+        # recurrent states of hybrid models such as LFM2).
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
         torch = self._torch
-        split = [label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels, self._end_of_text)
-                 for prompt in prompts]
-        ids, mask = self._padded([sequences[0][:shared] for shared, sequences in split], left=True)
-        tails = [seq[shared:] for shared, sequences in split for seq in sequences]  # prompt by prompt, each label
+        n_labels = len(batch[0][1])
+        ids, mask = self._padded([sequences[0][:shared] for shared, sequences in batch], left=True)
+        tails = [seq[shared:] for shared, sequences in batch for seq in sequences]  # prompt by prompt, each label
         with torch.inference_mode():
             out = self._model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                               use_cache=True, logits_to_keep=1)
-            first = out.logits[:, -1].double().log_softmax(-1).repeat_interleave(len(labels), 0)
-            scores = [first[row, tail[0]].item() for row, tail in enumerate(tails)]
+            if not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in out.cache.layers):
+                self._share_prefix = False
+                return None
+            first = out.logits[:, -1].double().log_softmax(-1)
+            scores = [first[row // n_labels, tail[0]].item() for row, tail in enumerate(tails)]
             fed = [tail[:-1] for tail in tails]  # a label's last token is scored, never fed
             if any(fed):
                 tail_ids, tail_mask = self._padded(fed, left=False)
-                out.cache.batch_repeat_interleave(len(labels))
-                prompt_mask = mask.repeat_interleave(len(labels), 0)
+                out.cache.batch_repeat_interleave(n_labels)
+                prompt_mask = mask.repeat_interleave(n_labels, 0)
                 positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(tail_ids.shape[1])
                 logprobs = self._model(input_ids=tail_ids, attention_mask=torch.cat([prompt_mask, tail_mask], -1),
                                        position_ids=positions, cache=out.cache).logits.double().log_softmax(-1)
                 scores = [score + sum(logprobs[row, t, tail[t + 1]].item() for t in range(len(tail) - 1))
                           for row, (score, tail) in enumerate(zip(scores, tails))]
-        return [scores[at:at + len(labels)] for at in range(0, len(scores), len(labels))]
+        return [scores[at:at + n_labels] for at in range(0, len(scores), n_labels)]
+
+    def _scores_whole(self, shared: int, sequences: list[list[int]]) -> list[float]:
+        """One prompt's labels scored without a cache: every prompt + label sequence whole, in one batch."""
+        ids, mask = self._padded(sequences, left=False)
+        with self._torch.inference_mode():
+            logprobs = self._model(input_ids=ids, attention_mask=mask).logits.double().log_softmax(-1)
+        return [sum(logprobs[row, t - 1, seq[t]].item() for t in range(shared, len(seq)))
+                for row, seq in enumerate(sequences)]
 
     def _padded(self, sequences: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of sequences padded to the longest, on the left or the right."""
