@@ -260,7 +260,7 @@ class HfModel(LoadedModel):
 
     def label_logprobs_many(self, prompts: list[str], labels: list[str], batch_rows: int = 64) -> list[list[float]]:
         # batch_rows bounds the prompt-and-label rows of one forward pass, so memory does not grow with the labels
-        per_batch = max(1, batch_rows // len(labels)) if labels else 1
+        per_batch = max(1, batch_rows // max(1, len(labels)))
         scores: list[list[float]] = []
         for start in range(0, len(prompts), per_batch):
             batch = [label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels, self._end_of_text)
