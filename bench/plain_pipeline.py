@@ -1,11 +1,13 @@
 """The anchor: one plain script doing the demo's work with peft + transformers Trainer + the onnxruntime-genai builder.
 
 What a careful user writes without tunecell: tokenize each row (bos + text + eos, cut at max_seq_len), loss on the
-answer only (labels -100 on the prompt), DataCollatorForSeq2Seq (pads each batch to its longest row), LoRA with peft,
-Trainer (seeded), save the adapter, merge_and_unload in memory, save the merged folder, run the builder in process.
+answer only (labels -100 on the prompt; on the whole text with loss_on "text"), DataCollatorForSeq2Seq (pads each
+batch to its longest row), LoRA with peft, Trainer (seeded), save the adapter, merge_and_unload in memory, save the
+merged folder, run the builder in process.
 
 python bench/plain_pipeline.py SPEC.json  (SPEC: base, train, out, target_modules, steps, batch, lr, r, alpha,
-dropout, seed, max_seq_len, precision, build). Prints one line "BENCH_JSON {...}" with timings and throughput.
+dropout, seed, max_seq_len, precision, loss_on, merge, build). Prints one line "BENCH_JSON {...}" with timings and
+throughput.
 """
 import json
 import os
@@ -43,8 +45,7 @@ for row in rows:
     ids = tok(text)["input_ids"] + [tok.eos_token_id]
     n_prompt = len(tok(prompt)["input_ids"])
     ids = ids[:spec["max_seq_len"]]
-    labels = [-100] * n_prompt + ids[n_prompt:]
-    labels = labels[:len(ids)]
+    labels = ids if spec.get("loss_on", "answer") == "text" else ([-100] * n_prompt + ids[n_prompt:])[:len(ids)]
     if all(x == -100 for x in labels):
         continue
     features["input_ids"].append(ids)
@@ -92,7 +93,7 @@ info = {"train_loss": result.training_loss, "train_s": clock.seconds, "tokens": 
         "rows": len(ds)}
 info["params"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
 
-if spec.get("build", True):
+if spec.get("merge", True):
     t = time.perf_counter()
     merged = model.merge_and_unload()
     merged_dir = os.path.join(out, "merged")
@@ -103,10 +104,11 @@ if spec.get("build", True):
         shutil.copy(os.path.join(spec["base"], "generation_config.json"), merged_dir)
     times["merge_save"] = time.perf_counter() - t
     del merged, model, trainer
+if spec.get("build", True):
     t = time.perf_counter()
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
-    onnx_dir = os.path.join(out, "onnx")
+    merged_dir, onnx_dir = os.path.join(out, "merged"), os.path.join(out, "onnx")
     cache_dir = os.path.join(out, "builder-cache")
     args = (None, merged_dir, onnx_dir, spec["precision"], "cpu", cache_dir)
     create_model(*args, **parse_extra_options(*args, ["hf_token=false"]))

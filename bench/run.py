@@ -1,7 +1,7 @@
 """The benchmark rows of issue 9. `python -m bench <row> [--runs N]` or `python bench/run.py <row>`.
 
-Rows: e2e (1), train (2), cached (3), loadext (4), gen (5), preview (6), accuracy (7), all; `prepare` makes the
-models and data the rows share. Each row prints a summary and saves its raw numbers to bench/results/<row>-*.json.
+Rows: e2e (1), train (2), cached (3), loadext (4), gen (5), preview (6), accuracy (7), all; `seeds` (issue 4's
+accuracy over training seeds, against the plain script); `prepare` makes the models and data the rows share. Each row prints a summary and saves its raw numbers to bench/results/<row>-*.json.
 Timings on a shared machine are noise: `--wait-idle` waits until the 1-minute load average is below 1.0.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -62,15 +63,15 @@ def base_model(workload: str) -> Path:
     return folder
 
 
-def split_files() -> tuple[Path, Path]:
-    """train.jsonl / eval.jsonl: tunecell's seeded split (eval_dataset_size 0.2, seed 0), for Olive and the plain
-    script; tunecell splits the full file itself and gets the same rows."""
+def split_files(seed: int = SEED) -> tuple[Path, Path]:
+    """train.jsonl / eval.jsonl: tunecell's seeded split (eval_dataset_size 0.2, the training seed), for Olive and
+    the plain script; tunecell splits the full file itself and gets the same rows."""
     sys.path.insert(0, str(ROOT))
     from tunecell.data.split import split_indices
 
     lines = [line for line in DATA.read_text().splitlines() if line.strip()]
-    train_idx, eval_idx = split_indices(len(lines), EVAL_SIZE, SEED)
-    folder = WORK / "data"
+    train_idx, eval_idx = split_indices(len(lines), EVAL_SIZE, seed)
+    folder = WORK / "data" if seed == SEED else WORK / "data" / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("\n".join(lines[i] for i in train_idx) + "\n")
     (folder / "eval.jsonl").write_text("\n".join(lines[i] for i in eval_idx) + "\n")
@@ -81,8 +82,11 @@ def cache_dir(workload: str) -> Path:
     return MODEL_CACHE if workload == "smollm2" else WORK / "cache-tinyphi3"
 
 
-def tunecell_config(workload: str, *, evaluate: bool, name: str) -> Path:
-    """The demo config (example_notebooks/tones.yaml) with absolute paths; without evaluators for timing."""
+def tunecell_config(workload: str, *, evaluate: bool, name: str, seed: int = SEED, loss_on: str = "answer",
+                    build: bool = True) -> Path:
+    """The demo config (example_notebooks/tones.yaml) with absolute paths; without evaluators for timing.
+    loss_on "text" is issue 4's config as written (train_on_prompt left at Olive's way); build False stops after
+    the merge."""
     model_path = SMOL_ID if workload == "smollm2" else str(base_model(workload))
     cfg = {
         "input_model": {"type": "HfModel", "model_path": model_path},
@@ -90,15 +94,15 @@ def tunecell_config(workload: str, *, evaluate: bool, name: str) -> Path:
             "name": "tones", "type": "HuggingfaceContainer",
             "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "split": "train"},
             "pre_process_data_config": {"text_template": TEMPLATE, "strategy": "line-by-line", "max_seq_len": MAX_LEN,
-                                        "train_on_prompt": False, "labels": LABELS}}],
+                                        "train_on_prompt": loss_on == "text", "labels": LABELS}}],
         "passes": {
             "lora": {"type": "LoRA", "r": R, "alpha": ALPHA, "lora_dropout": DROPOUT,
                      "target_modules": WORKLOADS[workload]["targets"], "train_data_config": "tones",
                      "eval_dataset_size": EVAL_SIZE,
                      "training_args": {"max_steps": STEPS, "learning_rate": LR, "per_device_train_batch_size": BATCH,
-                                       "seed": SEED}},
+                                       "seed": seed}},
             "merge": {"type": "MergeAdapterWeights"},
-            "mb": {"type": "ModelBuilder", "precision": "int4"}},
+            **({"mb": {"type": "ModelBuilder", "precision": "int4"}} if build else {})},
         "cache_dir": str(cache_dir(workload)),
         "output_dir": str(WORK / "out" / f"tunecell-{workload}-{name}"),
     }
@@ -148,12 +152,13 @@ def olive_config(workload: str, base: Path, train: Path, out: Path, cache: Path)
     return path
 
 
-def plain_spec(workload: str, base: Path, train: Path, out: Path, build: bool = True) -> Path:
+def plain_spec(workload: str, base: Path, train: Path, out: Path, build: bool = True, merge: bool = True,
+               seed: int = SEED, loss_on: str = "answer") -> Path:
     spec = {"base": str(base), "train": str(train), "out": str(out), "template": TEMPLATE,
             "target_modules": WORKLOADS[workload]["targets"], "steps": STEPS, "batch": BATCH, "lr": LR, "r": R,
-            "alpha": ALPHA, "dropout": DROPOUT, "seed": SEED, "max_seq_len": MAX_LEN, "precision": "int4",
-            "build": build}
-    path = WORK / "configs" / f"plain-{workload}{'' if build else '-train'}.json"
+            "alpha": ALPHA, "dropout": DROPOUT, "seed": seed, "max_seq_len": MAX_LEN, "precision": "int4",
+            "build": build, "merge": merge or build, "loss_on": loss_on}
+    path = WORK / "configs" / f"plain-{workload}{'' if build else '-train'}-{seed}-{loss_on}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec, indent=1))
     return path
@@ -309,7 +314,8 @@ def row_train(args) -> dict:
         t = probe("train-tunecell", str(tunecell_config(workload, evaluate=False, name="train")))
         out_dir = WORK / "out" / f"plain-train-{workload}"
         shutil.rmtree(out_dir, ignore_errors=True)
-        p = py([str(ROOT / "bench" / "plain_pipeline.py"), str(plain_spec(workload, base, train, out_dir, build=False))])
+        p = py([str(ROOT / "bench" / "plain_pipeline.py"),
+                str(plain_spec(workload, base, train, out_dir, build=False, merge=False))])
         plain = last_json_line(p.stdout)
         g2 = probe("gemm", "--threads", os.environ.get("OMP_NUM_THREADS", "2"))
         gemm = (g["gflops_median"] + g2["gflops_median"]) / 2
@@ -337,6 +343,51 @@ def row_train(args) -> dict:
         "plain_fraction_of_gemm": median([r["plain"]["fraction_of_gemm"] for r in data["runs"]]),
         "params": data["runs"][0]["params"] if data["runs"] else None,
         "flops_formula": "4 x (all base-model parameters, embedding/tied lm_head counted once) x real tokens"}
+    print(json.dumps(data["summary"], indent=1))
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+def row_seeds(args) -> dict:
+    """Issue 4's held-out accuracy over training seeds (each seed also draws the 80/20 split): tunecell and the
+    plain script, each with the loss on the whole text (the issue's config as written) and on the answer only,
+    LoRA and merge on the embedded SmolLM2; the merged fp32 model's accuracy on that seed's held-out rows."""
+    base = base_model("smollm2")
+    tools = [t for t in args.tools.split(",") if t in ("tunecell", "plain")]
+    data = {"machine": machine(), "runs": [], "settings": {
+        "steps": STEPS, "batch": BATCH, "lr": LR, "r": R, "alpha": ALPHA, "dropout": DROPOUT, "max_seq_len": MAX_LEN,
+        "metric": "merged fp32, first label word in 4 greedy tokens, the seed's held-out 20%"}}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        train, evalf = split_files(seed)
+        for loss_on in ("text", "answer"):
+            for tool in tools:
+                settle(args)
+                log(f"seeds: seed {seed}, loss on the {loss_on}, {tool}")
+                name = f"seed{seed}-{loss_on}"
+                logs = RESULTS / "logs" / f"seeds-{tool}-{name}.log"
+                if tool == "tunecell":
+                    clear_pass_cache("smollm2")
+                    cfg = tunecell_config("smollm2", evaluate=False, name=name, seed=seed, loss_on=loss_on,
+                                          build=False)
+                    m = timed([TUNECELL, "run", "--config", str(cfg), "--progress", "none"], logs)
+                    merged = WORK / "out" / f"tunecell-smollm2-{name}" / "model"
+                else:
+                    out_dir = WORK / "out" / f"plain-smollm2-{name}"
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    spec = plain_spec("smollm2", base, train, out_dir, build=False, seed=seed, loss_on=loss_on)
+                    m = timed([PY, str(ROOT / "bench" / "plain_pipeline.py"), str(spec)], logs)
+                    merged = out_dir / "merged"
+                acc = accuracy_of(merged, evalf) if m["rc"] == 0 else None
+                log(f"   rc {m['rc']} wall {m['wall_s']} s accuracy {acc}")
+                data["runs"].append({"seed": seed, "loss_on": loss_on, "tool": tool, "accuracy": acc,
+                                     "wall_s": m["wall_s"], "rc": m["rc"]})
+                save("seeds", data)
+    by_variant: dict[str, list] = {}
+    for r in data["runs"]:
+        by_variant.setdefault(f"{r['tool']}, loss on the {r['loss_on']}", []).append(r["accuracy"])
+    data["summary"] = {variant: {"accuracy_by_seed": accs,
+                                 "mean": statistics.fmean(a for a in accs if a is not None) if any(a is not None for a in accs) else None}
+                       for variant, accs in by_variant.items()}
     print(json.dumps(data["summary"], indent=1))
     return data
 
@@ -545,7 +596,7 @@ def report(args) -> dict:
 
 
 ROWS = {"prepare": prepare, "report": report, "e2e": row_e2e, "train": row_train, "cached": row_cached, "loadext": row_loadext,
-        "gen": row_gen, "preview": row_preview, "accuracy": row_accuracy}
+        "gen": row_gen, "preview": row_preview, "accuracy": row_accuracy, "seeds": row_seeds}
 ALIASES = {"1": "e2e", "2": "train", "3": "cached", "4": "loadext", "5": "gen", "6": "preview", "7": "accuracy"}
 
 
@@ -556,6 +607,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
     parser.add_argument("--workloads", default="smollm2,tinyphi3", help="e2e: smollm2,tinyphi3; train/cached: first")
     parser.add_argument("--tools", default="tunecell,olive,plain", help="e2e: which of tunecell,olive,plain")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds: the training seeds (each draws its split)")
     parser.add_argument("--variants", default="", help="gen: names from VARIANTS (default all)")
     parser.add_argument("--no-accuracy", action="store_true", help="gen: skip the accuracy of each variant")
     parser.add_argument("--wait-idle", action="store_true", help="wait for the load average to drop before each run")
