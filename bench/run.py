@@ -385,9 +385,10 @@ def row_seeds(args) -> dict:
     by_variant: dict[str, list] = {}
     for r in data["runs"]:
         by_variant.setdefault(f"{r['tool']}, loss on the {r['loss_on']}", []).append(r["accuracy"])
-    data["summary"] = {variant: {"accuracy_by_seed": accs,
-                                 "mean": statistics.fmean(a for a in accs if a is not None) if any(a is not None for a in accs) else None}
-                       for variant, accs in by_variant.items()}
+    data["summary"] = {}
+    for variant, accs in by_variant.items():
+        scored = [a for a in accs if a is not None]
+        data["summary"][variant] = {"accuracy_by_seed": accs, "mean": statistics.fmean(scored) if scored else None}
     print(json.dumps(data["summary"], indent=1))
     return data
 
