@@ -23,6 +23,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSe
 
 spec = json.load(open(sys.argv[1]))
 out = spec["out"]
+merged_dir = os.path.join(out, "merged")
 os.makedirs(out, exist_ok=True)
 times = {"imports": time.perf_counter() - T0}
 torch.manual_seed(spec["seed"])
@@ -96,7 +97,6 @@ info["params"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" n
 if spec.get("merge", True):
     t = time.perf_counter()
     merged = model.merge_and_unload()
-    merged_dir = os.path.join(out, "merged")
     merged.save_pretrained(merged_dir)
     AutoTokenizer.from_pretrained(spec["base"]).save_pretrained(merged_dir)
     if os.path.exists(os.path.join(spec["base"], "generation_config.json")):
@@ -108,7 +108,7 @@ if spec.get("build", True):
     t = time.perf_counter()
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
-    merged_dir, onnx_dir = os.path.join(out, "merged"), os.path.join(out, "onnx")
+    onnx_dir = os.path.join(out, "onnx")
     cache_dir = os.path.join(out, "builder-cache")
     args = (None, merged_dir, onnx_dir, spec["precision"], "cpu", cache_dir)
     create_model(*args, **parse_extra_options(*args, ["hf_token=false"]))

@@ -28,6 +28,7 @@ WORKLOADS = {
     "smollm2": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "tinyphi3": {"targets": ["qkv_proj", "o_proj"]},  # Phi-3 fuses q/k/v into qkv_proj
 }
+PLAIN_SCRIPT = str(ROOT / "bench" / "plain_pipeline.py")
 STEPS, BATCH, LR, R, ALPHA, DROPOUT, SEED, MAX_LEN, EVAL_SIZE = 100, 8, 3e-4, 16, 32, 0.1, 0, 64, 0.2
 
 
@@ -234,8 +235,7 @@ def row_e2e(args) -> dict:
                 else:
                     out_dir = WORK / "out" / f"plain-{workload}"
                     shutil.rmtree(out_dir, ignore_errors=True)
-                    m = timed([PY, str(ROOT / "bench" / "plain_pipeline.py"),
-                               str(plain_spec(workload, base, train, out_dir))], logs)
+                    m = timed([PY, PLAIN_SCRIPT, str(plain_spec(workload, base, train, out_dir))], logs)
                     try:
                         m["plain"] = last_json_line(Path(logs).read_text())
                     except RuntimeError:
@@ -314,8 +314,7 @@ def row_train(args) -> dict:
         t = probe("train-tunecell", str(tunecell_config(workload, evaluate=False, name="train")))
         out_dir = WORK / "out" / f"plain-train-{workload}"
         shutil.rmtree(out_dir, ignore_errors=True)
-        p = py([str(ROOT / "bench" / "plain_pipeline.py"),
-                str(plain_spec(workload, base, train, out_dir, build=False, merge=False))])
+        p = py([PLAIN_SCRIPT, str(plain_spec(workload, base, train, out_dir, build=False, merge=False))])
         plain = last_json_line(p.stdout)
         g2 = probe("gemm", "--threads", os.environ.get("OMP_NUM_THREADS", "2"))
         gemm = (g["gflops_median"] + g2["gflops_median"]) / 2
@@ -375,7 +374,7 @@ def row_seeds(args) -> dict:
                     out_dir = WORK / "out" / f"plain-smollm2-{name}"
                     shutil.rmtree(out_dir, ignore_errors=True)
                     spec = plain_spec("smollm2", base, train, out_dir, build=False, seed=seed, loss_on=loss_on)
-                    m = timed([PY, str(ROOT / "bench" / "plain_pipeline.py"), str(spec)], logs)
+                    m = timed([PY, PLAIN_SCRIPT, str(spec)], logs)
                     merged = out_dir / "merged"
                 acc = accuracy_of(merged, evalf) if m["rc"] == 0 else None
                 log(f"   rc {m['rc']} wall {m['wall_s']} s accuracy {acc}")
