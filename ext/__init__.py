@@ -5,9 +5,14 @@ Importing tunecell stays light: torch, transformers, datasets and azure are impo
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every model it wraps or loads an adapter
+# into: a warning about two libraries' versions that a tunecell user can neither act on nor avoid, twice a run.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _LAZY = {
     "load_config": "tunecell.config",

@@ -25,20 +25,22 @@ def accuracy(model: "LoadedModel", examples: list[tuple[str, str]], labels: list
 
 
 def latency_ms(model: "LoadedModel", prompts: list[str], max_new_tokens: int, warmup: int = 1) -> float:
-    """Mean milliseconds per request (tokenize + generate + decode), after `warmup` untimed requests."""
+    """Mean milliseconds per request of max_new_tokens new tokens (tokenize + generate + decode), after `warmup`
+    untimed requests. Every model generates that many: a fine-tuned model that answers in one token and ends is
+    not faster than its base that keeps talking."""
     if not prompts:
         raise ValueError("latency needs at least one prompt")
     for i in range(warmup):
-        model.generate(prompts[i % len(prompts)], max_new_tokens)
-    seconds = [model.generate_with_stats(prompt, max_new_tokens)[2] for prompt in prompts]
+        model.generate_with_stats(prompts[i % len(prompts)], max_new_tokens, fixed_length=True)
+    seconds = [model.generate_with_stats(prompt, max_new_tokens, fixed_length=True)[2] for prompt in prompts]
     return 1000 * sum(seconds) / len(seconds)
 
 
 def throughput(model: "LoadedModel", prompts: list[str], max_new_tokens: int) -> float:
-    """Generated tokens per second over all prompts, one request at a time."""
+    """Generated tokens per second over all prompts, one request of max_new_tokens new tokens at a time."""
     if not prompts:
         raise ValueError("throughput needs at least one prompt")
-    runs = [model.generate_with_stats(prompt, max_new_tokens) for prompt in prompts]
+    runs = [model.generate_with_stats(prompt, max_new_tokens, fixed_length=True) for prompt in prompts]
     return sum(tokens for _, tokens, _ in runs) / sum(seconds for _, _, seconds in runs)
 
 

@@ -65,8 +65,11 @@ class LoadedModel:
     kind: str
     path: Path
 
-    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
-        """Greedy generation: (the new text only, number of new tokens, seconds spent)."""
+    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64, *,
+                            fixed_length: bool = False) -> tuple[str, int, float]:
+        """Greedy generation: (the new text only, number of new tokens, seconds spent). ``fixed_length``: the
+        end-of-text token does not stop it, so every model generates max_new_tokens (what latency and throughput
+        time: the model's speed, not how long its answers are)."""
         raise NotImplementedError
 
     def generate(self, prompt: str, max_new_tokens: int = 64) -> str:
@@ -140,7 +143,8 @@ class OnnxModel(LoadedModel):
 
             self._decoder = Tokenizer.from_file(str(path / "tokenizer.json"))
 
-    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
+    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64, *,
+                            fixed_length: bool = False) -> tuple[str, int, float]:
         og = self._og
         start = time.perf_counter()
         ids = self._tokenizer.encode(prompt)
@@ -150,7 +154,8 @@ class OnnxModel(LoadedModel):
                 raise ValueError(f"the prompt is {len(ids)} tokens; the model's context holds {self._context_length}")
             max_length = min(max_length, self._context_length)
         params = og.GeneratorParams(self._model)
-        params.set_search_options(do_sample=False, max_length=max_length)
+        params.set_search_options(do_sample=False, max_length=max_length,
+                                  **({"min_length": max_length} if fixed_length else {}))
         generator = og.Generator(self._model, params)
         generator.append_tokens(ids)
         new: list[int] = []
@@ -225,12 +230,14 @@ class HfModel(LoadedModel):
         self._share_prefix = not trust_remote_code
         self._end_of_text = self._tokenizer.eos_token_id  # what training appends after each answer
 
-    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64) -> tuple[str, int, float]:
+    def generate_with_stats(self, prompt: str, max_new_tokens: int = 64, *,
+                            fixed_length: bool = False) -> tuple[str, int, float]:
         start = time.perf_counter()
         inputs = self._tokenizer(prompt, return_tensors="pt")
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                          eos_token_id=self._eos, pad_token_id=self._pad)
+                                          eos_token_id=self._eos, pad_token_id=self._pad,
+                                          min_new_tokens=max_new_tokens if fixed_length else None)
         new = output[0, inputs["input_ids"].shape[1]:].tolist()
         text = self._tokenizer.decode(new, skip_special_tokens=True)
         return text, len(new), time.perf_counter() - start

@@ -45,6 +45,17 @@ def test_successful_run_exits_0_and_writes_the_manifest(tiny_model, tmp_path):
     assert (tmp_path / "cache" / "default_workflow").is_dir()
 
 
+def test_a_training_run_prints_no_library_warnings(tiny_model, tmp_path):
+    """peft and transformers warn about each other's versions (is_gradient_checkpointing); the user sees none."""
+    path = write_config(tmp_path / "lora.yaml", tiny_model, {
+        "lora": {"type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["qkv_proj"], "train_data_config": "tones",
+                 "training_args": {"max_steps": 2}},
+        "merge": {"type": "MergeAdapterWeights"}})
+    proc = cli("run", "--config", str(path), "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+
+
 def test_invalid_config_exits_2_and_names_the_key(tiny_model, tmp_path):
     path = write_config(tmp_path / "bad.yaml", tiny_model, {"mb": {"type": "ModelBuilder", "precison": "int4"}})
     proc = cli("run", "--config", str(path))

@@ -95,6 +95,61 @@ def test_merged_folder_is_a_plain_model(merged):
     assert isinstance(load_model(merged).generate(PROMPTS[0], 8), str)
 
 
+@pytest.mark.parametrize("kind", ["hf", "onnx"])
+def test_latency_and_throughput_time_max_new_tokens_even_when_the_model_ends_sooner(merged, onnx_models, tmp_path,
+                                                                                    kind):
+    """A model that answers and ends is not faster than one that keeps talking: the speed metrics generate
+    max_new_tokens every time; plain generation still stops at end-of-text."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(merged if kind == "hf" else onnx_models["int4"], tmp_path / kind)
+    first_token = generated_ids(load_model(folder), PROMPTS[0], 1)[0]
+    config_file, key = ("generation_config.json", None) if kind == "hf" else ("genai_config.json", "model")
+    config = json.loads((folder / config_file).read_text())
+    (config[key] if key else config)["eos_token_id"] = first_token
+    (folder / config_file).write_text(json.dumps(config))
+
+    model = TokenCounting(load_model(folder))
+    assert model.generate_with_stats(PROMPTS[0], 8)[1] == 1  # it ends after its first token now
+    model.counts.clear()
+    assert evaluate.latency_ms(model, PROMPTS[:1], max_new_tokens=8) > 0
+    assert evaluate.throughput(model, PROMPTS[:1], max_new_tokens=8) > 0
+    assert model.counts == [8, 8, 8]  # latency's warm-up and timed request, throughput's request
+
+
+class TokenCounting:
+    """A loaded model that records how many tokens each generate_with_stats call generated."""
+
+    def __init__(self, model):
+        self.model, self.counts = model, []
+
+    def generate_with_stats(self, *args, **kwargs):
+        text, tokens, seconds = self.model.generate_with_stats(*args, **kwargs)
+        self.counts.append(tokens)
+        return text, tokens, seconds
+
+
+def generated_ids(model, prompt: str, n: int) -> list[int]:
+    """The ids of the first n tokens ``model`` generates greedily after ``prompt``."""
+    if model.kind == "hf":
+        import torch
+
+        inputs = model._tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model._model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+    og = model._og
+    params = og.GeneratorParams(model._model)
+    ids = model._tokenizer.encode(prompt)
+    params.set_search_options(do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n)
+    generator = og.Generator(model._model, params)
+    generator.append_tokens(ids)
+    for _ in range(n):
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)[len(ids):]]
+
+
 def test_int4_and_fp32_onnx_load_and_generate(onnx_models):
     for precision, folder in onnx_models.items():
         assert (folder / "genai_config.json").is_file()

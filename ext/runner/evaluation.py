@@ -10,6 +10,9 @@ from .cache import Cache, digest, package_versions
 
 LATENCY_PROMPTS = 8
 MEASURED_WITH = ("tunecell", "transformers", "onnxruntime-genai")  # a new version may measure differently
+# raised when what a metric measures changes, so that no cached value of the old kind is shown beside new ones
+# (2: latency and throughput generate max_new_tokens tokens whether or not the model ends its answer sooner)
+DEFINITIONS = 2
 
 
 def eval_rows(config: schema.WorkflowConfig, data_name: str) -> tuple[list[dict], Optional[dict]]:
@@ -36,7 +39,7 @@ def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.
     return digest({"model": artifact.identity, "evaluator": evaluator.model_dump(mode="json"),
                    "data": {name: data_hashes.get(name) for name in used},
                    "pre": {name: config.data_config(name).pre_process_data_config.model_dump(mode="json") for name in used},
-                   "splits": splits, "packages": package_versions(MEASURED_WITH)})
+                   "splits": splits, "packages": package_versions(MEASURED_WITH), "definitions": DEFINITIONS})
 
 
 def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig, cache: Cache,
