@@ -150,8 +150,10 @@ class OnnxModel(LoadedModel):
         ids = self._tokenizer.encode(prompt)
         max_length = len(ids) + max_new_tokens
         if self._context_length:
-            if len(ids) >= self._context_length:
-                raise ValueError(f"the prompt is {len(ids)} tokens; the model's context holds {self._context_length}")
+            needed = max_new_tokens if fixed_length else 1
+            if len(ids) + needed > self._context_length:
+                raise ValueError(f"the prompt is {len(ids)} tokens and {needed} new ones must follow it; the model's "
+                                 f"context holds {self._context_length}")
             max_length = min(max_length, self._context_length)
         params = og.GeneratorParams(self._model)
         params.set_search_options(do_sample=False, max_length=max_length,

@@ -115,7 +115,18 @@ def test_latency_and_throughput_time_max_new_tokens_even_when_the_model_ends_soo
     model.counts.clear()
     assert evaluate.latency_ms(model, PROMPTS[:1], max_new_tokens=8) > 0
     assert evaluate.throughput(model, PROMPTS[:1], max_new_tokens=8) > 0
-    assert model.counts == [8, 8, 8]  # latency's warm-up and timed request, throughput's request
+    assert model.counts == [8, 8, 8, 8]  # each: an untimed warm-up request, then the timed one
+
+
+def test_a_fixed_length_request_that_does_not_fit_the_onnx_context_is_refused(onnx_models):
+    """onnxruntime-genai would stop at the end of the context, and such a request would time fewer tokens."""
+    model = load_model(onnx_models["int4"])
+    context = model._context_length
+    words = " ".join(["hello"] * context)
+    prompt = model._decode(model._tokenizer.encode(words)[:context - 4].tolist())
+    assert model.generate_with_stats(prompt, 16)[1] <= 4  # plain generation stops at the end of the context
+    with pytest.raises(ValueError, match=r"4 new ones must follow it|16 new ones must follow it"):
+        model.generate_with_stats(prompt, 16, fixed_length=True)
 
 
 class TokenCounting:

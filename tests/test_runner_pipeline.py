@@ -353,3 +353,67 @@ def test_metrics_are_measured_again_when_the_scoring_or_the_measuring_packages_c
     monkeypatch.setattr(evaluation, "package_versions",
                         lambda names: {**versions(names), "tunecell": "999.0"})
     assert key() != before
+
+
+def evaluation_config(tmp_path: Path, **changes) -> "tunecell.WorkflowConfig":
+    """tiny_config's evaluation on the tone data, validated; ``changes`` replace top-level keys."""
+    config = tiny_config(Path("unused-model"), tmp_path / "cache", tmp_path / "out")
+    config.update(changes)
+    return tunecell.load_config(config)
+
+
+def test_accuracy_chooses_among_every_label_of_the_data_file_even_when_the_rows_scored_lack_some(tmp_path):
+    """The data file is ordered so that its first held-out rows may share one tone: among the labels of only the
+    rows scored (max_samples 1: one label), every answer would be right."""
+    from tunecell.runner import evaluation
+
+    config = evaluation_config(tmp_path)
+    accuracy = config.evaluators["ev"].metrics[0].model_copy(update={"max_samples": 1})
+    assert len(evaluation._examples(accuracy, config)) == 1
+    assert evaluation.candidate_labels(accuracy, config) == ["Fear", "Joy", "Sad", "Surprise"]
+    named = accuracy.model_copy(update={"labels": ["Sad", "Joy"]})
+    assert evaluation.candidate_labels(named, config) == ["Sad", "Joy"]
+
+
+def test_speed_prompts_are_held_out_prompts_or_whole_texts_without_a_template(tmp_path):
+    from tunecell.runner import evaluation
+
+    config = evaluation_config(tmp_path)
+    latency = config.evaluators["ev"].metrics[1]
+    held_out = evaluation.eval_rows(config, "tones")[0][:evaluation.LATENCY_PROMPTS]
+    assert evaluation.speed_prompts(latency, config) == [TEMPLATE.format(**row) for row in held_out]
+    prompts = evaluation.speed_prompts(latency.model_copy(update={"label_column": "tone"}), config)
+    assert prompts == [TEMPLATE.format(**row)[:-len(row["tone"])] for row in held_out]
+    columns = tiny_config(Path("unused-model"), tmp_path, tmp_path)["data_configs"]
+    columns[0]["pre_process_data_config"] = {"text_cols": ["phrase"], "label_column": "tone",
+                                              "strategy": "line-by-line", "max_seq_len": 64}
+    texts = evaluation.speed_prompts(latency, evaluation_config(
+        tmp_path, data_configs=columns, evaluators={"ev": {"metrics": [{"name": "latency", "type": "latency"}]}}))
+    assert texts == [row["phrase"] for row in held_out]
+
+
+def test_the_metrics_key_follows_what_changes_values_and_ignores_goals(tmp_path):
+    from tunecell.passes.base import Artifact
+    from tunecell.runner import evaluation
+
+    model = Artifact("hf", Path("model"), "sha256:0123")
+    config = evaluation_config(tmp_path)
+
+    def key(config=config, data="sha256:data", goal=None, latency_only=False) -> str:
+        evaluator = config.evaluators["ev"].model_copy(deep=True)
+        if latency_only:  # a metric without data_config reads the first data config
+            evaluator.metrics = [m for m in evaluator.metrics if m.type == "latency"]
+        if goal:
+            evaluator.metrics[0] = evaluator.metrics[0].model_copy(update={"goal": goal, "priority": 2})
+        return evaluation.metrics_key(model, evaluator, config, {"tones": data})
+
+    assert key(goal={"type": "threshold", "value": 0.9}) == key()
+    assert key(latency_only=True, data="sha256:other") != key(latency_only=True)
+    passes = tiny_config(Path("unused-model"), tmp_path, tmp_path)["passes"]
+    second = {**passes["lora"], "training_args": {**passes["lora"]["training_args"], "seed": 1}}
+    two_loras = evaluation_config(tmp_path, passes={"lora": passes["lora"], "merge": passes["merge"],
+                                                   "lora2": second, "merge2": passes["merge"]})
+    changed = {**second, "training_args": {**second["training_args"], "seed": 2}}
+    other = evaluation_config(tmp_path, passes={"lora": passes["lora"], "merge": passes["merge"],
+                                               "lora2": changed, "merge2": passes["merge"]})
+    assert key(two_loras) != key(other)

@@ -11,7 +11,8 @@ from .cache import Cache, digest, package_versions
 LATENCY_PROMPTS = 8
 MEASURED_WITH = ("tunecell", "transformers", "onnxruntime-genai")  # a new version may measure differently
 # raised when what a metric measures changes, so that no cached value of the old kind is shown beside new ones
-# (2: latency and throughput generate max_new_tokens tokens whether or not the model ends its answer sooner)
+# (2: latency and throughput generate max_new_tokens tokens whether or not the model ends its answer sooner, after
+# a warm-up; accuracy chooses among the labels of the whole data file)
 DEFINITIONS = 2
 
 
@@ -33,10 +34,15 @@ def eval_rows(config: schema.WorkflowConfig, data_name: str) -> tuple[list[dict]
 
 def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig,
                 data_hashes: dict[str, str]) -> str:
-    used = sorted({m.data_config for m in evaluator.metrics if m.data_config})
-    splits = {p.train_data_config: [p.eval_dataset_size, p.training_args.seed, (p.training_args.model_extra or {}).get("data_seed")]
-              for p in config.passes.values() if isinstance(p, schema.LoRA)}
-    return digest({"model": artifact.identity, "evaluator": evaluator.model_dump(mode="json"),
+    """What the values depend on: the model, each metric's settings (not its goal nor its priority: those judge
+    a value, they do not change it), the data each metric reads and how it is split, and the measuring code."""
+    used = sorted({name for m in evaluator.metrics if m.type != "size_on_disk"
+                   for name in [m.data_config or _first_data_config(config)] if name})
+    splits = [[p.train_data_config, p.eval_dataset_size, p.training_args.seed,
+               (p.training_args.model_extra or {}).get("data_seed")]
+              for p in config.passes.values() if isinstance(p, schema.LoRA)]
+    metrics = [m.model_dump(mode="json", exclude={"goal", "priority"}) for m in evaluator.metrics]
+    return digest({"model": artifact.identity, "metrics": metrics,
                    "data": {name: data_hashes.get(name) for name in used},
                    "pre": {name: config.data_config(name).pre_process_data_config.model_dump(mode="json") for name in used},
                    "splits": splits, "packages": package_versions(MEASURED_WITH), "definitions": DEFINITIONS})
@@ -60,32 +66,53 @@ def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.Work
 def _one(metric: schema.Metric, model: Any, path: Path, config: schema.WorkflowConfig, evaluate: Any) -> float:
     if metric.type == "size_on_disk":
         return round(evaluate.size_on_disk_mb(path), 3)
-    examples = _examples(metric, config)
     if metric.type == "accuracy":
-        labels = metric.labels or config.data_config(metric.data_config).pre_process_data_config.labels \
-            or sorted({label for _, label in examples})
+        examples = _examples(metric, config)
+        labels = candidate_labels(metric, config)
         return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring), 4)
-    prompts = [prompt for prompt, _ in examples][:LATENCY_PROMPTS] or ["Hello, how are you today?"]
+    prompts = speed_prompts(metric, config)
     if metric.type == "latency":
         return round(evaluate.latency_ms(model, prompts, metric.max_new_tokens), 2)
     return round(evaluate.throughput(model, prompts, metric.max_new_tokens), 2)
 
 
+def candidate_labels(metric: schema.Metric, config: schema.WorkflowConfig) -> list[str]:
+    """The labels an accuracy metric chooses among: the metric's, the data config's, else every label of the whole
+    data file. Not only those of the rows scored: a held-out split or max_samples may lack a class, and scoring
+    among fewer labels makes the task easier (among one label, every answer is right)."""
+    data = config.data_config(metric.data_config)
+    if metric.labels or data.pre_process_data_config.labels:
+        return list(metric.labels or data.pre_process_data_config.labels)
+    from ..data import load_rows
+
+    column = metric.label_column or data.pre_process_data_config.label_column
+    return sorted({str(label) for label in load_rows(data, config.base_dir)[column] if label is not None})
+
+
 def _examples(metric: schema.Metric, config: schema.WorkflowConfig) -> list[tuple[str, str]]:
     from ..data import eval_examples
 
+    rows, _ = eval_rows(config, metric.data_config)
+    pre = config.data_config(metric.data_config).pre_process_data_config
+    examples = eval_examples(rows, pre, metric.label_column or pre.label_column)
+    return examples[:metric.max_samples] if metric.max_samples else examples
+
+
+def speed_prompts(metric: schema.Metric, config: schema.WorkflowConfig) -> list[str]:
+    """Up to LATENCY_PROMPTS held-out prompts for latency and throughput: the template up to its label field when
+    it has one (what accuracy asks), else the whole texts."""
+    from ..data import Template, eval_examples, render
+
     name = metric.data_config or _first_data_config(config)
     if name is None:
-        return []
+        return ["Hello, how are you today?"]
     rows, _ = eval_rows(config, name)
+    rows = rows[:LATENCY_PROMPTS]
     pre = config.data_config(name).pre_process_data_config
     label = metric.label_column or pre.label_column
-    if label is None:  # latency/throughput on a data config without a label: prompts are the whole texts
-        from ..data import render
-
-        return [(render(row, pre).text, "") for row in rows[:LATENCY_PROMPTS]]
-    examples = eval_examples(rows, pre, label)
-    return examples[:metric.max_samples] if metric.max_samples else examples
+    if label and pre.text_template and not pre.use_chat_template and label in Template.parse(pre.text_template).fields:
+        return [prompt for prompt, _ in eval_examples(rows, pre, label)]
+    return [render(row, pre).text for row in rows]
 
 
 def _first_data_config(config: schema.WorkflowConfig) -> Optional[str]:
