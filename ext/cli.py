@@ -68,7 +68,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .errors import PassFailed
+    from .errors import ConfigError, PassFailed
     from .runner import run
 
     try:
@@ -89,6 +89,9 @@ def _run(args: argparse.Namespace) -> int:
             print(repr(e.result), file=sys.stderr)
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
+        except ConfigError as e:  # found before any pass ran (output_dir)
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INVALID
         except TunecellError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED

@@ -35,7 +35,8 @@ class Plan:
             lines += [f"     {key}: {value}" for key, value in _flat(step.settings)]
         if self.evaluator is not None:
             names = ", ".join(m.name for m in self.evaluator.metrics)
-            lines.append(f"evaluate ({cfg.evaluator}): {names} on the input model and after each pass")
+            where = "on the input model and after each pass" if cfg.evaluate_input_model else "after each pass"
+            lines.append(f"evaluate ({cfg.evaluator}): {names} {where}")
         lines.append(f"cache: {cfg.cache_dir}   output: {cfg.output_dir}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

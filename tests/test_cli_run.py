@@ -71,6 +71,15 @@ def test_invalid_override_exits_2(tiny_model, tmp_path):
     assert "passes.mb.precision" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_an_output_dir_that_is_a_file_exits_2_before_any_pass(tiny_model, tmp_path):
+    path = write_config(tmp_path / "build.yaml", tiny_model, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
+    (tmp_path / "out").write_text("not a folder")
+    proc = cli("run", "--config", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert "output_dir" in proc.stderr and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache" / "default_workflow").exists()  # nothing ran
+
+
 def test_missing_config_file_exits_2(tmp_path):
     proc = cli("run", "--config", str(tmp_path / "nowhere.yaml"))
     assert proc.returncode == 2, proc.stderr

@@ -259,8 +259,9 @@ def test_template_strict_undefined_names_the_variable_its_line_and_a_close_name(
     assert error.line == 13
     assert error.hint == "did you mean 'ranks'?"
     with pytest.raises(ConfigError, match="rank") as info:
-        load_config(text)  # no namespace at all
-    assert info.value.line == 13 and "define rank" in info.value.hint
+        load_config(text)  # no namespace at all: the command line
+    assert info.value.line == 13 and "no notebook namespace" in info.value.message
+    assert "define rank in a notebook cell" in info.value.hint and "in place of {{ rank }}" in info.value.hint
 
 
 def test_template_errors_are_config_errors_with_a_line():
@@ -319,3 +320,12 @@ def test_olive_export_leaves_out_a_gguf_file_with_a_note(tmp_path):
     notes = export_config(config, tmp_path / "olive.json")
     assert "gguf_file" not in json.loads((tmp_path / "olive.json").read_text())["input_model"]
     assert notes[0].startswith("input_model.gguf_file left out: Olive 0.13 loads no GGUF file")
+
+
+def test_the_plan_says_whether_the_input_model_is_evaluated():
+    from tunecell import plan
+
+    lines = plan(load_config(EXAMPLE)).describe().splitlines()
+    assert "evaluate (tone_eval): accuracy, latency on the input model and after each pass" in lines
+    lines = plan(load_config(EXAMPLE + "evaluate_input_model: false\n")).describe().splitlines()
+    assert "evaluate (tone_eval): accuracy, latency after each pass" in lines

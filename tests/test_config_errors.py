@@ -282,3 +282,24 @@ def test_cli_reports_the_error_with_its_place(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("error: passes.lora.lora_dropout (line 15, column 5): Input should be less than 1")
+
+
+@pytest.mark.parametrize("item, message, path", [
+    ("passes.lora.r=abc", "valid integer", ("passes", "lora", "r")),
+    ("passes.lora.lora_dropout=2", "less than 1", ("passes", "lora", "lora_dropout")),
+    ("passes.lora.rr=8", "unknown key 'rr'", ("passes", "lora", "rr")),
+    ("passes.lora.train_data_config=nope", "'nope'", ("passes", "lora", "train_data_config"))])
+def test_an_error_in_a_set_value_names_the_set_not_a_line_of_the_file(item, message, path):
+    with pytest.raises(ConfigError) as info:
+        load_config(EXAMPLE, overrides=[item])
+    assert message in info.value.message and f"(the value of --set {item})" in info.value.message
+    assert info.value.path == path and info.value.line is None
+
+
+def test_a_config_path_is_read_whatever_its_name_and_a_folder_is_refused(tmp_path):
+    named = tmp_path / "tones-config"  # no .yaml: still the file, not one line of YAML
+    named.write_text(EXAMPLE)
+    assert load_config(str(named)).passes["lora"].r == 16
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(str(tmp_path))
+    assert load_config('{"input_model": {"model_path": "' + "m" * 5000 + '"}}').input_model.model_path == "m" * 5000

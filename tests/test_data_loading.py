@@ -248,3 +248,17 @@ def test_saved_dataset_folder(tmp_path):
     config = DataConfig(name="d", load_dataset_config={"data_name": "saved"},
                         pre_process_data_config={"text_template": TEMPLATE, "max_samples": 4})
     assert load_rows(config, tmp_path).to_list() == TONE_ROWS[:4]
+
+
+def test_a_file_that_does_not_parse_as_data_name_but_is_named_as_another_format_gets_that_hint(tmp_path):
+    path = tmp_path / "tones.csv"
+    path.write_text("phrase,tone\nI lost my dog,Sad\n", encoding="utf-8")
+    with pytest.raises(DataError, match="not valid JSON") as e:
+        load_rows(data_config(str(path)))  # data_name: json
+    assert e.value.hint == ("the file's name says csv, load_dataset_config.data_name says json: write "
+                            "data_name: csv")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"phrase": "x", "tone": "Sad"}\n{"phrase": \n', encoding="utf-8")
+    with pytest.raises(DataError, match="not valid JSON") as e:
+        load_rows(data_config(str(bad)))
+    assert e.value.hint is None  # a .jsonl that is broken: data_name is right

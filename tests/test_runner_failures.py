@@ -2,6 +2,7 @@
 change in the data's content retrains."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 import tunecell
 from tunecell.errors import ConfigError, PassFailed
-from tunecell.events import PassFinished, PassStarted, RunFinished, RunStarted
+from tunecell.events import Log, PassFinished, PassStarted, RunFinished, RunStarted
 
 TONES = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
 PHI3_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -129,3 +130,65 @@ def test_changing_the_data_content_retrains(tiny_model, tmp_path):
     assert changed.manifest["data_hashes"]["tones"] != first_hash
     assert Path(changed.artifacts["lora"]) != Path(first.artifacts["lora"])
     assert len(complete_entries(tmp_path / "cache", "lora")) == 2
+
+
+def test_a_folder_in_output_dir_that_tunecell_did_not_write_stops_the_run_before_it_starts(tiny_model, tmp_path):
+    """A run replaces output_dir/model and adapter: when one of them is the user's (here: the input model itself),
+    it refuses at once, and the folder is left whole."""
+    out = tmp_path / "out"
+    mine = shutil.copytree(tiny_model, out / "model")
+    files = sorted(p.name for p in mine.iterdir())
+    cfg = config(mine, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
+    with pytest.raises(ConfigError, match="was not written by tunecell") as error:
+        tunecell.run(cfg, progress="none")
+    assert error.value.path == ("output_dir",)
+    assert sorted(p.name for p in mine.iterdir()) == files and not (out / "manifest.json").exists()
+
+    shutil.rmtree(out)
+    out.write_text("a file where the folder goes")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        tunecell.run(config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}}),
+                     progress="none")
+    assert out.read_text() == "a file where the folder goes"
+
+
+def test_a_run_that_fails_keeps_the_record_of_the_model_output_dir_still_holds(tiny_model, tmp_path):
+    good, _ = run(config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}}))
+    assert good.status == "succeeded"
+    bad = config(tiny_model, tmp_path, {"lora": {"type": "LoRA", "r": 4, "target_modules": ["q_proj"],
+                                                  "train_data_config": "tones", "training_args": {"max_steps": 2}}})
+    with pytest.raises(PassFailed):
+        run(bad)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["published"]["run_id"] == good.run_id and manifest["published"]["status"] == "succeeded"
+    assert (tmp_path / "out" / "model" / "genai_config.json").is_file()
+    with pytest.raises(PassFailed):  # a second failure still points at the same model
+        run(bad)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["published"]["run_id"] == good.run_id
+
+
+def test_rows_cut_at_max_seq_len_are_reported_as_a_warning(tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, {"lora": lora(max_steps=1)})
+    cfg["data_configs"][0]["pre_process_data_config"]["max_seq_len"] = 24
+    result, events = run(cfg)
+    assert result.status == "succeeded"
+    stats = result.passes[0].stats["data"]
+    assert stats["truncated_rows"] > 0
+    warnings = [e.text for e in events if isinstance(e, Log) and e.level == "warning"]
+    assert any(f"{stats['truncated_rows']} of {stats['train_rows']} training rows were cut at max_seq_len 24" in w
+               and f"the longest has {stats['length_max']} tokens" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("key, value, close", [("optim", "adamw_torchh", "adamw_torch"),
+                                               ("lr_scheduler_type", "cosien", "cosine"),
+                                               ("eval_strategy", "step", "steps")])
+def test_a_misspelt_training_args_choice_fails_with_the_closest_name(tiny_model, tmp_path, key, value, close):
+    settings = lora(max_steps=1)
+    settings["training_args"][key] = value
+    with pytest.raises(PassFailed) as error:
+        run(config(tiny_model, tmp_path, {"lora": settings}))
+    cause = error.value.__cause__
+    assert isinstance(cause, ConfigError) and cause.path == ("passes", "lora", "training_args", key)
+    assert f"{value!r} is not a name transformers knows" in cause.message
+    assert cause.hint == f"did you mean {close!r}?"

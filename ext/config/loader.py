@@ -34,15 +34,18 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
         tree, notes, base_dir = _overlay(base_tree, tree), base_notes + notes, base_dir or base_base_dir
     for item in overrides:
         _locating(lambda: apply_override(tree, item), tree)
-    models = _pass_models()
-    space = search_space.extract(tree, models)
-    _locating(lambda: search_space.validate(space, tree, models), tree)
     try:
-        config = _workflow_model().model_validate(tree)
-    except ValidationError as e:
-        raise _config_error(e, tree) from None
-    config._search_space = space
-    _locating(lambda: references.check(config), tree)
+        models = _pass_models()
+        space = search_space.extract(tree, models)
+        _locating(lambda: search_space.validate(space, tree, models), tree)
+        try:
+            config = _workflow_model().model_validate(tree)
+        except ValidationError as e:
+            raise _config_error(e, tree) from None
+        config._search_space = space
+        _locating(lambda: references.check(config), tree)
+    except ConfigError as e:
+        raise _placed_at_override(e, overrides) from None
     config._notes = notes
     config._base_dir = str(base_dir) if base_dir else None
     return config
@@ -104,15 +107,32 @@ def _overlay(base: Any, top: Any) -> Any:
 def _read(source: Source) -> tuple[Optional[str], Optional[Path]]:
     if isinstance(source, Mapping):
         return None, None
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
-                                           and re.search(r"\.(ya?ml|json)$", source.strip())):
-        path = Path(source).expanduser()
+    path = _named_file(source)
+    if path is not None:
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a config file", hint="name the YAML or JSON file in it")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}", hint="check the path, relative to the current folder")
         return path.read_text(encoding="utf-8"), path.resolve().parent
     if not isinstance(source, str):
         raise ConfigError(f"a config is YAML/JSON text, a file path or a dict, not {type(source).__name__}")
     return source, None
+
+
+def _named_file(source: Source) -> Optional[Path]:
+    """The path ``source`` names: a PathLike, or one line of text that ends in .yaml/.yml/.json or names a file or
+    folder that exists (any other text is the config itself)."""
+    if isinstance(source, os.PathLike):
+        return Path(source).expanduser()
+    if not isinstance(source, str) or "\n" in source or not source.strip():
+        return None
+    path = Path(source.strip()).expanduser()
+    if re.search(r"\.(ya?ml|json)$", source.strip()):
+        return path
+    try:
+        return path if path.exists() else None
+    except (OSError, ValueError):  # a one-line config longer than a file name, or holding a NUL
+        return None
 
 
 def _not_a_mapping(raw: Any, text: str) -> ConfigError:
@@ -126,6 +146,15 @@ def _not_a_mapping(raw: Any, text: str) -> ConfigError:
     return ConfigError(f"the config must be a mapping of keys (input_model, data_configs, passes, ...), not {what}",
                        line=getattr(raw, "pos", (first, 1))[0],
                        hint="start with 'input_model:'; a '- ' at the start of a line makes a list")
+
+
+def _placed_at_override(error: ConfigError, overrides: Iterable[str]) -> ConfigError:
+    """An error in a value that --set gave names that --set, not the line of the file whose value it replaced."""
+    for item in overrides:
+        key = tuple(item.partition("=")[0].strip().split("."))
+        if tuple(map(str, error.path[:len(key)])) == key:
+            return ConfigError(f"{error.message} (the value of --set {item})", path=error.path, hint=error.hint)
+    return error
 
 
 def _locating(action, tree: Any):
@@ -161,6 +190,11 @@ def fill_template(text: str, namespace: Mapping[str, Any]) -> str:
         name = match.group(1)
         line = next((i for i, ln in enumerate(text.splitlines(), 1)
                      if re.search(r"{{[^}]*\b" + re.escape(name) + r"\b", ln)), None) or _template_line(e)
+        if not namespace:  # the command line, or Python without a namespace: nothing can fill it
+            raise ConfigError(f"{{{{ {name} }}}} is not defined: there is no notebook namespace to fill {{{{ }}}} from",
+                              line=line, hint=f"define {name} in a notebook cell (from Python: pass namespace=), or "
+                                              f"write the value in place of {{{{ {name} }}}}; {{{{ '{{{{' }}}} gives a "
+                                              "literal {{") from None
         close = difflib.get_close_matches(name, [k for k in namespace if not k.startswith("_")], n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"define {name} in a cell above"
         raise ConfigError(f"{{{{ {name} }}}} is not defined in the notebook namespace", line=line, hint=hint) from None

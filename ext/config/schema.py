@@ -121,7 +121,8 @@ class PreProcessDataConfig(Model):
             fields = [field for _, field, _, _ in string.Formatter().parse(v) if field is not None]
         except ValueError as e:
             raise ValueError(f"text_template is not a valid template ({e}): each {{field}} names a column, "
-                             "and a literal brace is written twice") from None
+                             "and a literal brace is written twice ({{ or }}; in config text, where {{ }} is "
+                             "filled from the notebook, write {{ '{{' }} to get {{)") from None
         if any(not field or field.isdigit() for field in fields):
             raise ValueError("text_template fields name the data's columns, like {phrase}; {} and {0} name none")
         return v

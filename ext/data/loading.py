@@ -73,10 +73,27 @@ def _read(path: Path, fmt: str) -> "tuple[pa.Table, Optional[str]]":
         if text.startswith("\ufeff"):
             text = text[1:]
             data = data[3:]
-        table = {"json": _read_json, "csv": _read_csv, "text": _read_text}[fmt](path, text, data)
+        try:
+            table = {"json": _read_json, "csv": _read_csv, "text": _read_text}[fmt](path, text, data)
+        except DataError as e:
+            raise _with_format_hint(e, path, fmt) from None
     if table.num_rows == 0:
         raise DataError("file has no rows", file=str(path))
     return table, text
+
+
+FORMAT_OF_SUFFIX = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text",
+                    ".parquet": "parquet"}
+
+
+def _with_format_hint(error: DataError, path: Path, fmt: str) -> DataError:
+    """A file that fails to parse as ``fmt`` while its name says another format: say which data_name to write."""
+    named = FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if named is None or named == fmt or error.hint:
+        return error
+    return DataError(error.message, file=error.file, row=error.row, column=error.column,
+                     hint=f"the file's name says {named}, load_dataset_config.data_name says {fmt}: write "
+                          f"data_name: {named}")
 
 
 def _read_json(path: Path, text: str, data: bytes) -> "pa.Table":

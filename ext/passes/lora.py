@@ -24,6 +24,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     from ..data import build_training_data
     from ..data.collate import for_model
 
+    _check_choices(cfg, ctx.name)
     seed = cfg.training_args.seed
     transformers.set_seed(seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source.path)
@@ -42,6 +43,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         seed=split_seed(cfg), base_dir=ctx.config.base_dir)
     ctx.log(f"{len(data.train)} training samples, {len(data.eval) if data.eval is not None else 0} held out; "
             f"{trainable:,} trainable parameters; training on {device}")
+    _warn_about_truncation(data.stats, ctx)
 
     args = transformers.TrainingArguments(**_training_arguments(cfg, ctx, has_eval=data.eval is not None))
     # packed batches and loss-position-only logits when the model gives the same loss with them (checked here)
@@ -84,6 +86,38 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         "data": data.stats.as_dict(),  # a dict in run.json and the manifest, not the dataclass repr
         "resumed_from": resume.name if resume else None,
     }
+
+
+def _check_choices(cfg: schema.LoRA, pass_name: str) -> None:
+    """training_args that transformers takes from a list of names: a misspelt one fails here, before the model
+    loads, with the closest name (transformers' own error lists all forty optimizers)."""
+    import difflib
+
+    from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    choices = {"optim": OptimizerNames, "lr_scheduler_type": SchedulerType, "eval_strategy": IntervalStrategy,
+               "logging_strategy": IntervalStrategy, "save_strategy": SaveStrategy}
+    args = cfg.training_args.model_dump()
+    for key, names in choices.items():
+        value = args.get(key)
+        allowed = [member.value for member in names]
+        if value is None or getattr(value, "value", value) in allowed:
+            continue
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        raise ConfigError(f"{key} {value!r} is not a name transformers knows",
+                          path=("passes", pass_name, "training_args", key),
+                          hint=f"did you mean {close[0]!r}?" if close else f"one of: {', '.join(allowed)}")
+
+
+def _warn_about_truncation(stats: Any, ctx: PassContext) -> None:
+    """Rows longer than max_seq_len lose their end (the answer's end-of-text, or all of the answer: those rows are
+    dropped): the run goes on, and says so."""
+    if not stats.truncated_rows:
+        return
+    dropped = f", {stats.dropped_rows} of them dropped as no answer token was left" if stats.dropped_rows else ""
+    ctx.log(f"{stats.truncated_rows} of {stats.train_rows} training rows were cut at max_seq_len {stats.max_seq_len}"
+            f"{dropped}; the longest has {stats.length_max} tokens: raise max_seq_len to keep them whole", "warning")
 
 
 def split_seed(cfg: schema.LoRA) -> int:

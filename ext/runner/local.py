@@ -4,7 +4,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from ..memory import release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
 from ..planner import Plan, plan as make_plan
-from . import manifest
+from . import manifest, output_dir
 from .dispatch import remote_system, run_remote
 from .cache import Cache, Entry, digest, package_versions
 from .evaluation import goal_failures, measure
@@ -41,6 +40,7 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
     """
     if not isinstance(config, schema.WorkflowConfig) or overrides:
         config = load_config(config, namespace, overrides)
+    output_dir.check(config.resolve(config.output_dir))
     system = remote_system(config)
     if system is not None:  # an AzureML host: one job there, followed from here
         return run_remote(config, system, subscribers=subscribers, progress=progress, stop=stop, only=only,
@@ -243,12 +243,12 @@ class LocalRun:
             if artifact is None:
                 continue
             target = out / name
-            stamp = target / ".tunecell-identity"
+            stamp = target / output_dir.IDENTITY
             # the key and the run that built the entry: an entry rebuilt under the same key (a cleared cache, another
             # tunecell) is published again
             identity = f"{artifact.identity} built by {Entry(artifact.path.parent).record().get('run_id')}"
             if not (stamp.is_file() and stamp.read_text() == identity):
-                link_tree(artifact.path, target, identity)
+                output_dir.link_tree(artifact.path, target, identity)
             self.artifacts[name] = str(target)
 
     def _result(self, status: str, started: float, **extra: Any) -> RunResult:
@@ -257,24 +257,6 @@ class LocalRun:
                          self.config_hash, self.model_source, duration_s=round(time.perf_counter() - started, 2),
                          final=self.final.to_dict() if self.final else None, logs=logs, config=self.config,
                          **extra)
-
-
-def link_tree(source: Path, target: Path, identity: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
-    (tmp / ".tunecell-identity").write_text(identity)
-    if target.exists():
-        shutil.rmtree(target)
-    os.rename(tmp, target)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 @contextmanager

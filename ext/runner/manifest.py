@@ -45,10 +45,22 @@ def write(run: "LocalRun", result: "RunResult") -> Path:
     out = config.resolve(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
+    if result.status != "succeeded":
+        # this run published nothing: keep the record of the run whose model/ and adapter/ are still there
+        data["published"] = _published(path)
     tmp = out / f".manifest.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
     return path
+
+
+def _published(path: Path) -> Optional[dict]:
+    """The manifest of the run that published what output_dir holds, read from the manifest there now."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return previous if previous.get("status") == "succeeded" else previous.get("published")
 
 
 def _seed(config) -> Optional[int]:
@@ -68,7 +80,7 @@ def _git_sha(base_dir: Optional[str]) -> Optional[str]:
 def publish_search(config, result: "RunResult") -> None:
     """A search's output_dir: the best model in model/, the top N (output_model_num) in top-<rank>/, and a
     manifest listing every candidate."""
-    from .local import link_tree
+    from .output_dir import link_tree
 
     out = config.resolve(config.output_dir)
     ranked = sorted(result.candidates, key=lambda c: c["rank"])

@@ -1,0 +1,57 @@
+"""What a run writes in output_dir, and what it may replace there: the model/, adapter/ and top-<rank>/ folders
+and the manifest.json that tunecell published itself. Anything else in their place stops the run before it starts,
+so that a user's folder (an input model kept in output_dir/model, say) is never deleted."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError
+
+IDENTITY = ".tunecell-identity"  # in each published folder: the cache entry's identity and the run that built it
+
+
+def check(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder", path=("output_dir",),
+                          hint="name a folder for the run's outputs (it is created when missing)")
+    if not out.is_dir():
+        return
+    for folder in [out / "model", out / "adapter", *sorted(out.glob("top-*"))]:
+        if folder.exists() and not (folder / IDENTITY).is_file():
+            raise ConfigError(f"{folder} was not written by tunecell, and the run would replace it",
+                              path=("output_dir",), hint="choose another output_dir, or move that folder away")
+    manifest = out / "manifest.json"
+    if manifest.exists() and not _is_a_manifest(manifest):
+        raise ConfigError(f"{manifest} is not a tunecell manifest, and the run would replace it",
+                          path=("output_dir",), hint="choose another output_dir, or move that file away")
+
+
+def _is_a_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "status" in data  # every manifest a run writes, local, remote or search
+
+
+def link_tree(source: Path, target: Path, identity: str) -> None:
+    """Publish ``source`` as ``target``: hard links (copies across file systems) in a temp folder, renamed into
+    place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    (tmp / IDENTITY).write_text(identity)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
