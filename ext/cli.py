@@ -56,10 +56,14 @@ def _load(args: argparse.Namespace):
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """The config, then what a run would check first on this machine: its data files and its output_dir."""
     from .planner import plan
+    from .runner.dispatch import remote_system
+    from .runner.preflight import check
 
     try:
         config = _load(args)
+        check(config, remote=remote_system(config) is not None)
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID

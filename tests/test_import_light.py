@@ -34,7 +34,8 @@ def test_import_load_plan_and_cli_leave_heavy_modules_unimported(tmp_path):
 
 def test_cli_validate_leaves_heavy_modules_unimported(tmp_path):
     config = tmp_path / "tones.yaml"
-    config.write_text(EXAMPLE, encoding="utf-8")
+    tones = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
+    config.write_text(EXAMPLE.replace("example_notebooks/data/tones.jsonl", str(tones)), encoding="utf-8")
     script = ("import json, sys, tunecell.cli\n"
               "code = tunecell.cli.main(['validate', sys.argv[1]])\n"
               "heavy = set(json.loads(sys.argv[2]))\n"

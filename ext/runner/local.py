@@ -19,7 +19,7 @@ from ..memory import release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
 from ..planner import Plan, plan as make_plan
-from . import manifest, output_dir
+from . import manifest, output_dir, preflight
 from .dispatch import remote_system, run_remote
 from .cache import Cache, Entry, digest, package_versions
 from .evaluation import goal_failures, measure
@@ -40,8 +40,8 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
     """
     if not isinstance(config, schema.WorkflowConfig) or overrides:
         config = load_config(config, namespace, overrides)
-    output_dir.check(config.resolve(config.output_dir))
     system = remote_system(config)
+    preflight.check(config, remote=system is not None)
     if system is not None:  # an AzureML host: one job there, followed from here
         return run_remote(config, system, subscribers=subscribers, progress=progress, stop=stop, only=only,
                           start_from=start_from)
