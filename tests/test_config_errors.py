@@ -292,7 +292,7 @@ def test_cli_reports_the_error_with_its_place(tmp_path, capsys):
 def test_an_error_in_a_set_value_names_the_set_not_a_line_of_the_file(item, message, path):
     with pytest.raises(ConfigError) as info:
         load_config(EXAMPLE, overrides=[item])
-    assert message in info.value.message and f"(the value of --set {item})" in info.value.message
+    assert message in info.value.message and f"(from the override {item})" in info.value.message
     assert info.value.path == path and info.value.line is None
 
 

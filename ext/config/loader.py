@@ -149,11 +149,12 @@ def _not_a_mapping(raw: Any, text: str) -> ConfigError:
 
 
 def _placed_at_override(error: ConfigError, overrides: Iterable[str]) -> ConfigError:
-    """An error in a value that --set gave names that --set, not the line of the file whose value it replaced."""
+    """An error in a value an override gave (--set, a magic's --target) names the override, not the line of the file
+    whose value it replaced."""
     for item in overrides:
         key = tuple(item.partition("=")[0].strip().split("."))
         if tuple(map(str, error.path[:len(key)])) == key:
-            return ConfigError(f"{error.message} (the value of --set {item})", path=error.path, hint=error.hint)
+            return ConfigError(f"{error.message} (from the override {item})", path=error.path, hint=error.hint)
     return error
 
 
