@@ -396,6 +396,9 @@ def test_missed_goals_fail_the_job_but_publish_the_model_as_locally(config, fake
     result = submit(config, client=ml, progress="none").follow()
     assert result.status == "failed" and result.failed_goals == missed["failed_goals"] and result.error is None
     assert result.manifest_path == work / "out" / "manifest.json" and (work / "out" / "model").is_dir()
+    from tunecell.runner import output_dir
+
+    output_dir.check(work / "out")  # what a job left there, the next run may replace
 
 
 def test_a_job_that_fails_before_tunecell_runs_shows_the_remote_error(config, fake, ml):
