@@ -110,6 +110,13 @@ class LoadedModel:
         return f"<{type(self).__name__} {self.kind} {self.path}>"
 
 
+def check_room(prompt_tokens: int, new_tokens: int, context: int) -> None:
+    """A request that cannot fit the model's context is refused: cut short, it would time fewer tokens."""
+    if prompt_tokens + new_tokens > context:
+        raise ValueError(f"the prompt is {prompt_tokens} tokens and {new_tokens} new ones must follow it; the model's "
+                         f"context holds {context}")
+
+
 def session_threads(model_config: dict) -> Optional[int]:
     """The intra-op threads to give onnxruntime when genai_config.json sets none: every CPU this process may run
     on. Left to itself the session ran the demo's int4 SmolLM2 at 102-128 tokens/s on this project's 2-core
@@ -150,10 +157,7 @@ class OnnxModel(LoadedModel):
         ids = self._tokenizer.encode(prompt)
         max_length = len(ids) + max_new_tokens
         if self._context_length:
-            needed = max_new_tokens if fixed_length else 1
-            if len(ids) + needed > self._context_length:
-                raise ValueError(f"the prompt is {len(ids)} tokens and {needed} new ones must follow it; the model's "
-                                 f"context holds {self._context_length}")
+            check_room(len(ids), max_new_tokens if fixed_length else 1, self._context_length)
             max_length = min(max_length, self._context_length)
         params = og.GeneratorParams(self._model)
         params.set_search_options(do_sample=False, max_length=max_length,
@@ -236,6 +240,9 @@ class HfModel(LoadedModel):
                             fixed_length: bool = False) -> tuple[str, int, float]:
         start = time.perf_counter()
         inputs = self._tokenizer(prompt, return_tensors="pt")
+        context = getattr(self._model.config, "max_position_embeddings", None)
+        if fixed_length and context:
+            check_room(inputs["input_ids"].shape[1], max_new_tokens, context)
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                           eos_token_id=self._eos, pad_token_id=self._pad,

@@ -349,3 +349,14 @@ def test_the_plan_says_whether_the_input_model_is_evaluated():
     assert "evaluate (tone_eval): accuracy, latency on the input model and after each pass" in lines
     lines = plan(load_config(EXAMPLE + "evaluate_input_model: false\n")).describe().splitlines()
     assert "evaluate (tone_eval): accuracy, latency after each pass" in lines
+
+
+def test_one_data_config_written_as_a_mapping_becomes_the_list_of_one():
+    listed = EXAMPLE[EXAMPLE.index("data_configs:"):EXAMPLE.index("passes:")]
+    mapping = "\n".join(line.replace("  - ", "  ", 1) if line.startswith("  - ") else line[2:] if line.startswith("    ")
+                        else line for line in listed.splitlines()) + "\n"
+    assert "  name: tones\n  type: HuggingfaceContainer\n" in mapping
+    config = load_config(EXAMPLE.replace(listed, mapping))
+    assert [d.name for d in config.data_configs] == ["tones"]
+    assert config.data_configs[0].pre_process_data_config.max_seq_len == 64
+    assert any("data_configs is a list" in note for note in config.notes)

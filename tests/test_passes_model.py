@@ -118,14 +118,18 @@ def test_latency_and_throughput_time_max_new_tokens_even_when_the_model_ends_soo
     assert model.counts == [8, 8, 8, 8]  # each: an untimed warm-up request, then the timed one
 
 
-def test_a_fixed_length_request_that_does_not_fit_the_onnx_context_is_refused(onnx_models):
-    """onnxruntime-genai would stop at the end of the context, and such a request would time fewer tokens."""
-    model = load_model(onnx_models["int4"])
-    context = model._context_length
-    words = " ".join(["hello"] * context)
-    prompt = model._decode(model._tokenizer.encode(words)[:context - 4].tolist())
-    assert model.generate_with_stats(prompt, 16)[1] <= 4  # plain generation stops at the end of the context
-    with pytest.raises(ValueError, match=r"and 16 new ones must follow it"):
+@pytest.mark.parametrize("kind", ["hf", "onnx"])
+def test_a_fixed_length_request_that_does_not_fit_the_context_is_refused(merged, onnx_models, kind):
+    """Cut short at the end of the context, such a request would time fewer tokens than the others."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model = load_model(merged if kind == "hf" else onnx_models["int4"])
+    context = AutoConfig.from_pretrained(merged).max_position_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    prompt = tokenizer.decode(tokenizer(" ".join(["hello"] * context)).input_ids[:context - 4])
+    if kind == "onnx":  # onnxruntime-genai stops at the end of the context
+        assert model.generate_with_stats(prompt, 16)[1] <= 4
+    with pytest.raises(ValueError, match=r"and 16 new ones must follow it; the model's context holds"):
         model.generate_with_stats(prompt, 16, fixed_length=True)
 
 

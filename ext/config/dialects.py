@@ -187,6 +187,11 @@ def _input_model(raw: LocatedDict, notes: Notes) -> None:
 
 def _data_configs(raw: LocatedDict, notes: Notes) -> None:
     configs = raw.get("data_configs")
+    if isinstance(configs, dict) and isinstance(configs.get("name"), str):  # one data config, not in a list
+        one = LocatedList([configs], pos=getattr(configs, "pos", None))
+        one.item_pos.append(getattr(configs, "pos", None))
+        raw["data_configs"] = configs = one
+        notes.add("data_configs is a list: the one data config written as a mapping is now its only entry")
     if isinstance(configs, dict):  # Olive < 0.6: a mapping name -> config
         as_list = LocatedList(pos=getattr(configs, "pos", None))
         for name, dc in configs.items():
