@@ -1,7 +1,8 @@
 """The benchmark rows of issue 9. `python -m bench <row> [--runs N]` or `python bench/run.py <row>`.
 
 Rows: e2e (1), train (2), cached (3), loadext (4), gen (5), preview (6), accuracy (7), all; `seeds` (issue 4's
-accuracy over training seeds, against the plain script); `prepare` makes the models and data the rows share. Each row prints a summary and saves its raw numbers to bench/results/<row>-*.json.
+accuracy over training seeds, against the plain script); `prepare` makes the models and data the rows share. Each
+row prints a summary and saves its raw numbers to bench/results/<row>-*.json.
 Timings on a shared machine are noise: `--wait-idle` waits until the 1-minute load average is below 1.0.
 """
 from __future__ import annotations

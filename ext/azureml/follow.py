@@ -121,13 +121,13 @@ def move_into(source: Path, dest: Path) -> Path:
     """Each top-level entry of ``source`` put into ``dest``, replacing the one there (a local run also replaces
     only model/, adapter/ and manifest.json, keeping the rest). Each entry is staged next to its target first (a
     copy when the download is on another file system), then swapped in by renames."""
-    from ..runner.output_dir import IDENTITY
+    from ..runner.output_dir import IDENTITY, is_published
 
     dest.mkdir(parents=True, exist_ok=True)
     for entry in sorted(source.iterdir()):
         target = dest / entry.name
-        if entry.is_dir() and (entry.name in ("model", "adapter") or entry.name.startswith("top-")) and \
-                not (entry / IDENTITY).exists():  # the stamp that lets the next run replace it (runner/output_dir.py)
+        if entry.is_dir() and is_published(entry.name) and not (entry / IDENTITY).exists():
+            # the stamp that lets the next run replace it (runner/output_dir.py)
             (entry / IDENTITY).write_text("downloaded from an AzureML job")
         staged, old = dest / f".{entry.name}.tunecell-new", dest / f".{entry.name}.tunecell-old"
         for leftover in (staged, old):

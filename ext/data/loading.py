@@ -82,13 +82,9 @@ def _read(path: Path, fmt: str) -> "tuple[pa.Table, Optional[str]]":
     return table, text
 
 
-FORMAT_OF_SUFFIX = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text",
-                    ".parquet": "parquet"}
-
-
 def _with_format_hint(error: DataError, path: Path, fmt: str) -> DataError:
     """A file that fails to parse as ``fmt`` while its name says another format: say which data_name to write."""
-    named = FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    named = _files.EXTENSIONS.get(path.suffix.lower())
     if named is None or named == fmt or error.hint:
         return error
     return DataError(error.message, file=error.file, row=error.row, column=error.column,

@@ -54,12 +54,18 @@ def write(run: "LocalRun", result: "RunResult") -> Path:
     return path
 
 
-def _published(path: Path) -> Optional[dict]:
-    """The manifest of the run that published what output_dir holds, read from the manifest there now."""
+def read(path: Path) -> Optional[dict]:
+    """A run's manifest (local, remote or a search's: each has a status), or None for anything else."""
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) and "status" in data else None
+
+
+def _published(path: Path) -> Optional[dict]:
+    """The manifest of the run that published what output_dir holds, read from the manifest there now."""
+    previous = read(path) or {}
     return previous if previous.get("status") == "succeeded" else previous.get("published")
 
 

@@ -3,14 +3,19 @@ and the manifest.json that tunecell published itself. Anything else in their pla
 so that a user's folder (an input model kept in output_dir/model, say) is never deleted."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
+from .manifest import read as read_manifest
 
 IDENTITY = ".tunecell-identity"  # in each published folder: the cache entry's identity and the run that built it
+
+
+def is_published(name: str) -> bool:
+    """Whether a run publishes, and so may replace, a folder of this name in output_dir."""
+    return name in ("model", "adapter") or name.startswith("top-")
 
 
 def check(out: Path) -> None:
@@ -19,22 +24,14 @@ def check(out: Path) -> None:
                           hint="name a folder for the run's outputs (it is created when missing)")
     if not out.is_dir():
         return
-    for folder in [out / "model", out / "adapter", *sorted(out.glob("top-*"))]:
-        if folder.exists() and not (folder / IDENTITY).is_file():
+    for folder in sorted(out.iterdir()):
+        if is_published(folder.name) and not (folder / IDENTITY).is_file():
             raise ConfigError(f"{folder} was not written by tunecell, and the run would replace it",
                               path=("output_dir",), hint="choose another output_dir, or move that folder away")
     manifest = out / "manifest.json"
-    if manifest.exists() and not _is_a_manifest(manifest):
+    if manifest.exists() and read_manifest(manifest) is None:
         raise ConfigError(f"{manifest} is not a tunecell manifest, and the run would replace it",
                           path=("output_dir",), hint="choose another output_dir, or move that file away")
-
-
-def _is_a_manifest(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "status" in data  # every manifest a run writes, local, remote or search
 
 
 def link_tree(source: Path, target: Path, identity: str) -> None:
