@@ -27,12 +27,16 @@ _LAZY = {
     "TunecellError": "tunecell.errors",
 }
 
+_SUBPACKAGES = ("azureml",)  # `tunecell.azureml.submit(...)` after a plain `import tunecell`
+
 __all__ = sorted(_LAZY) + ["load_ipython_extension", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"tunecell.{name}")
     raise AttributeError(f"module 'tunecell' has no attribute {name!r}")
 
 

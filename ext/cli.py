@@ -1,4 +1,5 @@
-"""The command line: `tunecell validate CONFIG`, `tunecell run --config CONFIG [--set k=v ...] [--events FILE]`.
+"""The command line: `tunecell validate CONFIG`, `tunecell run --config CONFIG [--set k=v ...] [--events FILE]`,
+and for a recorded AzureML job `tunecell follow RUN` and `tunecell cancel RUN`.
 
 `--events FILE` writes every event of the run as one JSON line (Event.to_json), flushed line by line: the event
 stream a remote run (AzureML) leaves for the notebook to replay. `--events -` writes them to stdout, each line
@@ -32,6 +33,8 @@ def entry() -> int:
 def main(argv: Optional[Sequence[str]] = None, *, whole_process: bool = False) -> int:
     """``whole_process``: the process does nothing else (the console script, an AzureML job), so a run may keep
     libraries its config cannot use from being imported at all."""
+    from .config.schema import DEFAULT_CACHE_DIR
+
     parser = argparse.ArgumentParser(prog="tunecell", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check a config and print the plan it makes")
@@ -44,9 +47,14 @@ def main(argv: Optional[Sequence[str]] = None, *, whole_process: bool = False) -
                      help="append every event as a JSON line to FILE (- for stdout, prefixed); may be repeated")
     run.add_argument("--progress", choices=("text", "none"), default="text",
                      help="text: progress bars on stderr (the default); none: no bars")
+    for name, text in (("follow", "follow a recorded AzureML job again, to its end, and fetch its outputs"),
+                       ("cancel", "cancel a recorded AzureML job")):
+        job = sub.add_parser(name, help=text)
+        job.add_argument("run_id", metavar="RUN", help="the job's name, as `tunecell run` printed it")
+        job.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="the cache folder of the run that submitted it")
     args = parser.parse_args(argv)
     args.whole_process = whole_process
-    return {"validate": _validate, "run": _run}[args.command](args)
+    return {"validate": _validate, "run": _run, "follow": _follow, "cancel": _cancel}[args.command](args)
 
 
 def _load(args: argparse.Namespace):
@@ -55,15 +63,24 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides=args.set)
 
 
-def _validate(args: argparse.Namespace) -> int:
-    """The config, then what a run would check first on this machine: its data files and its output_dir."""
-    from .planner import plan
+def _checked(args: argparse.Namespace):
+    """The config, then what a run checks first on this machine: its data files and its output_dir."""
     from .runner.dispatch import remote_system
     from .runner.preflight import check
 
+    config = _load(args)
+    check(config, remote=remote_system(config) is not None)
+    return config
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .planner import plan
+    from .runner.dispatch import remote_system
+
     try:
-        config = _load(args)
-        check(config, remote=remote_system(config) is not None)
+        config = _checked(args)
+        if remote_system(config) is not None:
+            _build_job_offline(config)
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -71,12 +88,23 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _build_job_offline(config) -> None:
+    """The AzureML job a run would submit, built and thrown away: what the job needs here (its environment's conda
+    file, the data it uploads) is checked without contacting Azure."""
+    import tempfile
+
+    from .azureml import build_job
+
+    with tempfile.TemporaryDirectory() as code_dir:
+        build_job(config, code_dir=code_dir, keyvault_name="workspace-vault")  # submit() asks the workspace
+
+
 def _run(args: argparse.Namespace) -> int:
     from .errors import ConfigError, PassFailed
     from .runner import run
 
     try:
-        config = _load(args)
+        config = _checked(args)
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -86,21 +114,60 @@ def _run(args: argparse.Namespace) -> int:
         # installed" to both, who cache that answer: so only in a process that runs nothing after this config.
         sys.modules.setdefault("bitsandbytes", None)
     with contextlib.ExitStack() as stack:
-        subscribers = [_event_writer(stack, target) for target in args.events]
+        try:
+            subscribers = [_event_writer(stack, target) for target in args.events]
+        except OSError as e:
+            print(f"error: --events {e.filename}: {e.strerror}", file=sys.stderr)
+            return EXIT_INVALID
         try:
             result = run(config, subscribers=subscribers, progress=args.progress)
         except PassFailed as e:
             print(repr(e.result), file=sys.stderr)
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
-        except ConfigError as e:  # found before any pass ran (output_dir)
+        except ConfigError as e:  # found before any pass ran (a training_args name only transformers knows)
             print(f"error: {e}", file=sys.stderr)
             return EXIT_INVALID
         except TunecellError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
+    return _report(result, config.resolve(config.cache_dir))
+
+
+def _report(result, cache_dir: Path) -> int:
+    from .config.schema import DEFAULT_CACHE_DIR
+
     print(repr(result))
+    if result.status == "running":  # an AzureML job whose following was interrupted
+        where = "" if cache_dir == Path(DEFAULT_CACHE_DIR).absolute() else f" --cache-dir {cache_dir}"
+        print(f"AzureML job {result.run_id} keeps running: `tunecell follow {result.run_id}{where}` follows it "
+              f"again, `tunecell cancel {result.run_id}{where}` stops it", file=sys.stderr)
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from .azureml import reconnect
+    from .runner.dispatch import follow_remote
+    from .runner.progress import TextProgress
+
+    try:
+        result = follow_remote(reconnect(args.run_id, args.cache_dir, subscribers=[TextProgress()]))
+    except TunecellError as e:  # PassFailed included: a pass that failed there
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return _report(result, Path(args.cache_dir).absolute())
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from .azureml import cancel
+
+    try:
+        cancel(args.run_id, args.cache_dir)
+    except TunecellError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"cancelling AzureML job {args.run_id}")
+    return EXIT_OK
 
 
 def uses_bitsandbytes(config) -> bool:

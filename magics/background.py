@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 class BackgroundRun:
     def __init__(self, run: Callable[..., Any], config: Any, kwargs: dict[str, Any], stop: threading.Event,
-                 on_done: Callable[[Any], None]):
+                 on_done: Callable[[BackgroundRun], None]):
         self.id = "bg-" + uuid.uuid4().hex[:8]
         self.config = config
         self.status = "running"
@@ -26,8 +26,7 @@ class BackgroundRun:
             self.error = e
             self.result = getattr(e, "result", None)
         self.status = self.result.status if self.result is not None else "failed"
-        if self.result is not None:
-            on_done(self.result)
+        on_done(self)
 
     @property
     def run_id(self) -> str:
@@ -35,7 +34,8 @@ class BackgroundRun:
 
     @property
     def logs(self) -> list[str]:
-        return self.result.logs if self.result is not None else []
+        """The run's log, then the error that ended it (all there is of a run that failed before it started)."""
+        return (self.result.logs if self.result is not None else []) + ([f"error: {self.error}"] if self.error else [])
 
     @property
     def done(self) -> bool:

@@ -1,6 +1,8 @@
 """The TuneCell magics: a thin shell over tunecell's Python API (load_config, plan, run, load_model)."""
 from __future__ import annotations
 
+import inspect
+import os
 import shlex
 import sys
 import threading
@@ -10,11 +12,60 @@ from typing import Any, Optional
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
 from traitlets import Bool, Enum, Unicode
 
 from .background import BackgroundRun
 
-SUBCOMMANDS = ("status", "runs", "cancel", "logs", "follow", "export", "cache", "version")
+SUBCOMMANDS = {  # %tunecell's subcommands and their arguments
+    "status": "", "runs": "[--cache-dir DIR]", "cancel": "[RUN] [--cache-dir DIR]", "logs": "[RUN] [--cache-dir DIR]",
+    "follow": "[RUN] [--cache-dir DIR]", "export": "[RUN] FILE", "cache": "[clear] [--cache-dir DIR]", "passes": "",
+    "version": "",
+}
+
+
+def _usage(subcommand: Optional[str] = None) -> str:
+    if subcommand is None:
+        return f"usage: %tunecell {' | '.join(SUBCOMMANDS)} (%tunecell? for more)"
+    return f"usage: %tunecell {subcommand} {SUBCOMMANDS[subcommand]}".rstrip()
+
+
+def _take_cache_dir(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The words without ``--cache-dir DIR``, and DIR as the subcommand's keyword."""
+    if "--cache-dir" not in words[:-1]:
+        return words, {}
+    at = words.index("--cache-dir")
+    return words[:at] + words[at + 2:], {"cache_dir": words[at + 1]}
+
+
+def _accepts(function: Any, args: list[str], options: dict[str, str]) -> bool:
+    """Whether ``function`` takes these arguments (extra words, or --cache-dir where it means nothing: no)."""
+    try:
+        inspect.signature(function).bind(*args, **options)
+    except TypeError:
+        return False
+    return True
+
+
+def _written_line(line: str) -> str:
+    """The magic line of the cell that the preview's "Write config" adds: no --preview, so that it runs the workflow,
+    and no --set: the config it writes has them applied (kept, they would undo the preview's changes to them)."""
+    words, kept = iter(shlex.split(line)), []
+    for word in words:
+        if word == "--set":
+            next(words, None)
+        elif word != "--preview" and not word.startswith("--set="):
+            kept.append(word)
+    return shlex.join(kept)
+
+
+def _absolute(path: str) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _folder_state(folder: Path) -> tuple:
+    """The names and times of a folder's files: a run that writes a new model into the folder changes them."""
+    return tuple((f.name, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()))
 
 
 def _workflow_arguments(name: str):
@@ -97,26 +148,42 @@ class TuneCell(Magics):
     def generate(self, line: str, cell: str) -> None:
         """Each line of the body is a prompt; prints the model's answer and its speed."""
         args = parse_argstring(self.generate, line)
+        if args.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give 1 or more")
         model = self._model(args.model)
         for prompt in (p for p in cell.splitlines() if p.strip()):
             prompt = prompt.replace("\\n", "\n")  # a written \n is a newline (unicode_escape would garble non-ASCII)
-            text, tokens, seconds = model.generate_with_stats(prompt, args.max_new_tokens)
+            try:
+                text, tokens, seconds = model.generate_with_stats(prompt, args.max_new_tokens)
+            except ValueError as e:  # the prompt does not fit the model's context (tunecell.inference.check_room)
+                raise UsageError(str(e)) from None
             rate = f"{tokens / seconds:.1f} tokens/s" if seconds > 0 else ""
             print(f">>> {prompt}\n{text.strip()}\n    ({tokens} tokens, {rate})")
 
     @line_magic
     def tunecell(self, line: str) -> Any:
-        """%tunecell status | runs | cancel [RUN] | logs [RUN] | follow RUN | export [RUN] FILE | cache [clear] | version
+        """%tunecell status | runs | cancel [RUN] | logs [RUN] | follow [RUN] | export [RUN] FILE | cache [clear] |
+        passes | version
 
-        RUN may also be an AzureML job recorded in the cache (by an earlier kernel too): cancel cancels the job,
-        logs shows its log so far, follow shows its progress again and fetches its outputs when it ends."""
-        words = shlex.split(line)
+        runs, cancel, logs, follow and cache look in the cache folders of this session's runs and in
+        %config TuneCell.cache_dir; with --cache-dir DIR, in DIR only (after a kernel restart, for a config's own
+        cache_dir): %tunecell follow RUN --cache-dir DIR. RUN may also be an AzureML job recorded there (by an
+        earlier kernel too): cancel cancels the job, logs shows its log so far, follow shows its progress again and
+        fetches its outputs when it ends. passes lists the pass types, with their options."""
+        try:
+            words = shlex.split(line)
+        except ValueError as e:  # an unclosed quote
+            raise UsageError(f"{e}; {_usage()}") from None
         if not words or words[0] not in SUBCOMMANDS:
-            raise UsageError(f"usage: %tunecell {' | '.join(SUBCOMMANDS)}")
+            raise UsageError(_usage())
+        command = getattr(self, f"_cmd_{words[0]}")
+        args, options = _take_cache_dir(words[1:])
+        if any(word.startswith("--") for word in args) or not _accepts(command, args, options):
+            raise UsageError(_usage(words[0]))
         from tunecell.errors import TunecellError
 
         try:
-            return getattr(self, f"_cmd_{words[0]}")(*words[1:])
+            return command(*args, **options)
         except TunecellError as e:  # an AzureML job that cannot be reached, say: what to fix, no traceback
             raise UsageError(str(e)) from None
 
@@ -133,22 +200,21 @@ class TuneCell(Magics):
                 _export(config, args.export)
                 return None
             if args.dry_run:
-                from tunecell.planner import plan
-
-                print(plan(config).describe())
+                print(self._describe(config, args.from_, start_from))
                 return None
             if args.preview:
                 from tunecell.widgets import preview
 
-                # Given the cell text, "Write config" keeps its comments and layout; the new cell goes below.
-                source = cell if cell.strip() and not (args.file or args.from_) else config
-                name = magic.__name__
+                # Given the cell text as it is, "Write config" keeps its comments and layout; the new cell goes below.
+                source = cell if cell.strip() and not (args.file or args.from_ or args.set) else config
+                head = f"%%{magic.__name__} {_written_line(line)}".rstrip()
                 return preview(source, namespace=self.shell.user_ns, base_dir=config.base_dir,
-                               on_write=lambda text: self.shell.set_next_input(f"%%{name} {line}\n{text}"))
+                               on_write=lambda text: self.shell.set_next_input(f"{head}\n{text}"))
             return self._run(config, args, start_from)
         except PassFailed as e:
             if e.result is not None:
                 self._remember(e.result, args.out)
+                display(e.result)  # the summary that a saved notebook keeps, then the short error
             if not self.short_errors:
                 raise
             raise UsageError(f"{e}\n(for the full traceback: %config TuneCell.short_errors = False)") from None
@@ -198,10 +264,19 @@ class TuneCell(Magics):
             config.cache_dir = self.cache_dir
         return config, start_from
 
-    def _run(self, config: Any, args: Any, start_from: Any) -> Any:
-        from IPython.display import display
+    def _describe(self, config: Any, name: Optional[str], start_from: Any) -> str:
+        """The plan of what a run would do: from --from NAME, only the passes that NAME's run did not."""
+        from tunecell.planner import plan
+        from tunecell.runner.local import remaining_passes
 
+        lines = plan(config, remaining_passes(config, start_from)).describe().splitlines()
+        if start_from is not None:  # in place of the config's input model
+            lines[0] = f"input model: the model of {name} (run {start_from.run_id}): {start_from.model_path}"
+        return "\n".join(lines)
+
+    def _run(self, config: Any, args: Any, start_from: Any) -> Any:
         from tunecell.runner import run
+        from tunecell.runner.dispatch import remote_system
 
         stop = threading.Event()
         mode = self._progress_mode()
@@ -209,39 +284,50 @@ class TuneCell(Magics):
         if mode == "widgets":
             from tunecell.widgets.progress import RunProgress
 
-            view = RunProgress(stop_event=stop)
+            # Cancel only in the background: while the cell runs, the kernel handles the click only once it has ended
+            view = RunProgress(stop_event=stop if args.background else None)
             display(view.widget)
             subscribers.append(view)
         text = mode == "text" and not args.background  # a thread's prints would land in whichever cell runs
         kwargs = dict(subscribers=subscribers, progress="text" if text else "none", stop=stop, start_from=start_from)
-        from tunecell.runner.dispatch import remote_system
-
-        if remote_system(config) is not None:  # submit here and now (login, job link), then follow like a run
-            run = self._submit(config, kwargs)
-        if args.background:
-            def done(result: Any) -> None:
-                self._remember(result, None)
-                if view is not None:  # the cell has returned: the summary goes into its live view
-                    view.finish(result)
-
-            handle = BackgroundRun(run, config, kwargs, stop, on_done=done)
-            self.runs[handle.id] = handle
-            if args.out:
-                self.shell.user_ns[args.out] = handle
-            print(f"running in the background as {handle.id}: %tunecell status, %tunecell cancel {handle.id}")
-            return handle
-        result = run(config, **kwargs)
+        try:
+            if remote_system(config) is not None:  # submit here and now (login, job link), then follow like a run
+                run = self._submit(config, kwargs)
+            if args.background:
+                return self._background(run, config, kwargs, stop, view, args.out)
+            result = run(config, **kwargs)
+        except BaseException as e:  # a missing data file, a failed login ...: the view says so, not "waiting"
+            if view is not None:
+                view.fail(str(e) or type(e).__name__)
+            raise
         self._remember(result, args.out)
         display(result)
         if result.status == "interrupted":
             raise UsageError("interrupted" + (f"; checkpoint saved in {result.checkpoint}" if result.checkpoint else "")
                              + ". Run the cell again to resume.")
+        if result.failed_goals:  # the cell fails, as `tunecell run` exits 1: papermill stops here
+            raise UsageError("goal missed: " + "; ".join(result.failed_goals))
         return None
+
+    def _background(self, run: Any, config: Any, kwargs: dict[str, Any], stop: threading.Event, view: Any,
+                    out: Optional[str]) -> BackgroundRun:
+        def done(handle: BackgroundRun) -> None:
+            if handle.result is not None:
+                self._remember(handle.result, None)
+                if view is not None:  # the cell has returned: the summary goes into its live view
+                    view.finish(handle.result)
+            elif view is not None:  # it failed before it started: the error does
+                view.fail(str(handle.error))
+
+        handle = BackgroundRun(run, config, kwargs, stop, on_done=done)
+        self.runs[handle.id] = handle
+        if out:
+            self.shell.user_ns[out] = handle
+        print(f"running in the background as {handle.id}: %tunecell status, %tunecell cancel {handle.id}")
+        return handle
 
     def _submit(self, config: Any, kwargs: dict[str, Any]) -> Any:
         """Create the AzureML job now; returns a run()-like function that follows it (Cancel cancels the job)."""
-        from IPython.display import display
-
         from tunecell.azureml import submit
         from tunecell.runner.dispatch import follow_remote
 
@@ -298,12 +384,19 @@ class TuneCell(Magics):
             return value
         else:
             path = name
-        path = str(path)
-        if not Path(path).exists():
+        path = Path(path)
+        if (path / "model").is_dir():  # a run's output folder
+            path = path / "model"
+        if not path.is_dir():
             raise UsageError(f"--model {name}: not a run result in the notebook nor a model folder")
-        if path not in self._models:
-            self._models[path] = load_model(path)
-        return self._models[path]
+        state = _folder_state(path)
+        loaded = self._models.get(path)
+        if loaded is None or loaded[0] != state:  # first use, or a run has written a new model there since
+            try:
+                self._models[path] = (state, load_model(path))
+            except FileNotFoundError as e:  # a folder with no model in it
+                raise UsageError(f"--model {name}: {e}") from None
+        return self._models[path][1]
 
     # ----------------------------------------------------------------------------------- subcommands
     def _cmd_status(self) -> None:
@@ -312,20 +405,22 @@ class TuneCell(Magics):
         for run_id, value in self.runs.items():
             print(f"{run_id}: {value.status}")
 
-    def _cmd_runs(self) -> None:
+    def _cmd_runs(self, cache_dir: Optional[str] = None) -> None:
         from tunecell.runner.history import recorded_runs
 
         found: dict[str, dict[str, Any]] = {}
-        for record in recorded_runs(self._cache_root()):  # an AzureML run has a line at submission and at its end
+        folders = self._cache_dirs(cache_dir)
+        for record in (r for folder in folders for r in recorded_runs(folder)):
+            # an AzureML run has a line at submission and at its end
             found[record["run_id"]] = {**found.get(record["run_id"], {}), **record}
         if not found:
-            print(f"no runs recorded under {self._cache_root()}")
+            print(f"no runs recorded under {', '.join(map(str, folders))}")
         for record in found.values():
             where = f"AzureML job {record.get('studio_url') or ''}" if record.get("backend") == "azureml" else ""
             print(f"{record['run_id']}: {record['status']}  {record.get('manifest') or where}".rstrip())
 
-    def _cmd_cancel(self, run_id: Optional[str] = None) -> None:
-        value = self._run_or_job(run_id)
+    def _cmd_cancel(self, run_id: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+        value = self._run_or_job(run_id, cache_dir)
         if hasattr(value, "job_name"):  # an AzureML job
             value.cancel()
             print(f"cancelling AzureML job {value.job_name}")
@@ -335,15 +430,13 @@ class TuneCell(Magics):
         value.cancel()
         print(f"cancelling {value.id}: it stops at the next step")
 
-    def _cmd_logs(self, run_id: Optional[str] = None) -> None:
-        value = self._run_or_job(run_id)
+    def _cmd_logs(self, run_id: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+        value = self._run_or_job(run_id, cache_dir)
         lines = value.fetch_logs() if hasattr(value, "fetch_logs") else value.logs
         print("\n".join(lines) or "(no log lines)")
 
-    def _cmd_follow(self, run_id: Optional[str] = None) -> None:
-        from IPython.display import display
-
-        value = self._run_or_job(run_id)
+    def _cmd_follow(self, run_id: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+        value = self._run_or_job(run_id, cache_dir)
         if not hasattr(value, "follow"):
             raise UsageError(f"run {value.run_id} is not an AzureML job left to follow ({value.status})")
         subscribers, mode = [], self._progress_mode()
@@ -357,7 +450,7 @@ class TuneCell(Magics):
         self._remember(result, None)
         display(result)
 
-    def _run_or_job(self, run_id: Optional[str]) -> Any:
+    def _run_or_job(self, run_id: Optional[str], cache_dir: Optional[str]) -> Any:
         """A run of this session, or a handle on the AzureML job recorded as ``run_id`` (after a kernel restart, or
         a job left running when following it was interrupted)."""
         value = self.runs.get(run_id) if run_id is not None else (list(self.runs.values())[-1] if self.runs else None)
@@ -366,34 +459,33 @@ class TuneCell(Magics):
         name = run_id or getattr(value, "run_id", None)
         from tunecell.runner.history import recorded_runs
 
-        if name is not None and any(r.get("run_id") == name and r.get("backend") == "azureml"
-                                    for r in recorded_runs(self._cache_root())):
+        folder = next((folder for folder in self._cache_dirs(cache_dir) if any(
+            r.get("run_id") == name and r.get("backend") == "azureml" for r in recorded_runs(folder))), None)
+        if folder is not None:
             from tunecell.azureml import reconnect
 
-            self.runs[name] = handle = reconnect(name, self._cache_root())
+            self.runs[name] = handle = reconnect(name, folder)
             return handle
         return value if value is not None else self._run_named(run_id)
 
-    def _cmd_export(self, *words: str) -> None:
-        if not words:
-            raise UsageError("usage: %tunecell export [RUN] FILE")
-        value = self._run_named(words[0] if len(words) > 1 else None)
+    def _cmd_export(self, run_or_file: str, file: Optional[str] = None) -> None:
+        value = self._run_named(run_or_file if file else None)
         if isinstance(value, BackgroundRun):
             value = value.wait()
-        _export(value.config, words[-1])
+        _export(value.config, file or run_or_file)
 
-    def _cmd_cache(self, action: Optional[str] = None) -> None:
+    def _cmd_cache(self, action: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
         import shutil
 
-        root = self._cache_root()
-        if action == "clear":
-            shutil.rmtree(root, ignore_errors=True)
-            print(f"cleared {root}")
-            return
-        if action is not None:
-            raise UsageError("usage: %tunecell cache [clear]")
-        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
-        print(f"{root}: {size / 1e6:.1f} MB")
+        if action not in (None, "clear"):
+            raise UsageError(_usage("cache"))
+        for root in self._cache_dirs(cache_dir):
+            if action == "clear":
+                shutil.rmtree(root, ignore_errors=True)
+                print(f"cleared {root}")
+            else:
+                size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+                print(f"{root}: {size / 1e6:.1f} MB")
 
     def _cmd_passes(self) -> None:
         from tunecell.passes.registry import describe_passes, refresh
@@ -409,5 +501,17 @@ class TuneCell(Magics):
         for name, version in package_versions(PACKAGES[1:]).items():
             print(f"  {name} {version or '(not installed)'}")
 
-    def _cache_root(self) -> Path:
-        return Path(self.cache_dir or ".tunecell/cache")
+    def _cache_dirs(self, given: Optional[str] = None) -> list[Path]:
+        """Where runs are recorded: ``given``, else the configured cache folder and those this session's runs used
+        (a config's own cache_dir, resolved as the runner does)."""
+        from tunecell.config.schema import DEFAULT_CACHE_DIR
+
+        if given is not None:
+            return [_absolute(given)]
+        folders = [_absolute(self.cache_dir or DEFAULT_CACHE_DIR)]
+        for value in self.runs.values():
+            if getattr(value, "cache_dir", None):  # an AzureML handle knows where its job is recorded
+                folders.append(value.cache_dir)
+            elif value.config is not None:
+                folders.append(value.config.resolve(value.config.cache_dir))
+        return list(dict.fromkeys(folders))

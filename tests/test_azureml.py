@@ -258,6 +258,28 @@ def test_build_job_registry_model_registered_environment_and_distribution(config
     assert remote["data_configs"][0]["load_dataset_config"]["data_files"] == "${{inputs.data_tones}}/*.jsonl"
 
 
+@pytest.mark.parametrize("override, message", [
+    ("systems.aml.environment=tunecell-gpu", "environment names a registered environment as name:version"),
+    ("systems.aml.aml_docker_config.conda_file_path=nope.yaml", "nope.yaml"),
+    ("data_configs.tones.load_dataset_config.data_files=data/nope.jsonl", "nope.jsonl"),
+    ("azureml_client={aml_config_path: nope.json}", "nope.json does not exist")])
+def test_validate_builds_the_job_offline_and_exits_2_on_what_run_would_refuse(work, monkeypatch, capsys, override,
+                                                                             message):
+    from tunecell.azureml import client
+    from tunecell.cli import main
+
+    def no_login(*args, **kwargs):
+        raise AssertionError("validate must not ask for an Azure login")
+
+    monkeypatch.setattr(client, "get_credential", no_login)
+    overrides = ["--set", override] + (["--set", "systems.aml.aml_docker_config=null"] if "environment=" in override
+                                       else [])
+    assert main(["validate", "tones.yaml", *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["validate", "tones.yaml"]) == 0  # the config as written builds
+    assert not list((work / "cache").glob("azureml/*/code"))  # the job's code was staged in a temporary folder
+
+
 def test_a_hub_model_is_sent_from_this_machine_or_refused(work):
     from tunecell.azureml import build_job
     from tunecell.azureml.job import local_weights
@@ -274,17 +296,22 @@ def test_a_hub_model_is_sent_from_this_machine_or_refused(work):
     assert weights.suffix == ".gguf" and gguf_file is None  # the compact GGUF travels; the job converts it
 
 
-def test_a_token_pasted_as_hf_token_is_refused_unechoed(work):
-    from tunecell.azureml import build_job
-
-    config = load_config(work / "tones.yaml", overrides=[f"systems.aml.hf_token={TOKEN}"])
+@pytest.mark.parametrize("override", [f"systems.aml.hf_token={TOKEN}",  # the system the run uses
+                                      f"systems.spare={{type: AzureML, aml_compute: big, hf_token: {TOKEN}}}",
+                                      f"host=null"])
+def test_a_token_pasted_as_hf_token_is_refused_at_load_unechoed(work, override):
+    """In any AzureML system, used or not (the config travels with a job, and a local run's manifest holds it)."""
+    overrides = [override] if override != "host=null" else [override, "target=null", f"systems.aml.hf_token={TOKEN}"]
     with pytest.raises(ConfigError, match="hf_token is true") as e:
-        build_job(config)
+        load_config(work / "tones.yaml", overrides=overrides)
     assert TOKEN not in str(e.value)
+    assert e.value.path[-1] == "hf_token"
 
 
 def test_importing_tunecell_azureml_and_the_remote_bootstrap_stays_light():
-    script = ("import sys, tunecell, tunecell.azureml, tunecell.azureml.remote, tunecell.runner.dispatch\n"
+    script = ("import sys, tunecell\n"
+              "tunecell.azureml.submit, tunecell.azureml.reconnect, tunecell.azureml.cancel  # no import of its own\n"
+              "import tunecell.azureml.remote, tunecell.runner.dispatch\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] == 'azure'))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -355,16 +382,21 @@ def test_follow_replays_remote_events_into_the_progress_widget_and_downloads(con
     assert ranged and all(r.startswith("bytes=") for r in ranged)  # the log is read on from where it was left
 
 
-def test_events_the_log_missed_are_replayed_from_events_jsonl(config, fake, ml):
+def test_events_the_log_missed_are_replayed_from_events_jsonl(config, fake, ml, work):
     from tunecell.azureml import submit
     from tunecell.widgets.progress import RunProgress
 
     script_job(fake, cut=3)  # the log stops after the third event
+    (work / "out").mkdir()
+    (work / "out" / "events.jsonl").write_text("my own notes\n")  # not a name a run replaces in output_dir
     view = RunProgress()
     result = submit(config, client=ml, subscribers=[view], progress="none").follow()
     assert result.status == "succeeded"
     assert [(r.name, r.status) for r in view.rows.values()] == [("lora", "done"), ("merge", "done")]
     assert view.rows["lora"].losses == list(enumerate(LOSSES, 1))
+    assert (work / "out" / "events.jsonl").read_text() == "my own notes\n"
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["adapter", "events.jsonl", "manifest.json", "model"]
+    assert (work / "cache" / "azureml" / result.run_id / "outputs" / "events.jsonl").is_file()
 
 
 def test_tunecell_run_dispatches_a_failed_pass_as_passfailed_and_keeps_output_dir(config, fake, ml, work,
@@ -399,6 +431,29 @@ def test_missed_goals_fail_the_job_but_publish_the_model_as_locally(config, fake
     from tunecell.runner import output_dir
 
     output_dir.check(work / "out")  # what a job left there, the next run may replace
+
+
+@pytest.mark.parametrize("passes", ["lora", "lora+merge"])
+def test_a_downloaded_model_is_where_from_starts_and_its_adapter_loads_here(config, fake, ml, work, passes):
+    """The job's adapter names its base by the compute's mount path; downloaded, it names this machine's copy."""
+    from tunecell.azureml import submit
+    from tunecell.passes.base import Artifact
+
+    on_compute = {"base_model_name_or_path": "/mnt/azureml/cr/j/abc/cap/data-capability/wd/INPUT_model", "r": 4}
+    outputs = manifest() if passes == "lora+merge" else manifest(failed=None) | {"passes": manifest()["passes"][:1]}
+    script_job(fake, outputs=outputs)
+    fake.outputs["adapter/adapter_config.json"] = json.dumps(on_compute).encode()
+    if passes == "lora":  # an adapter-only run publishes the adapter as its model too
+        fake.outputs["model/adapter_config.json"] = json.dumps(on_compute).encode()
+    result = submit(config, client=ml, progress="none").follow()
+    assert result.status == "succeeded"
+    for folder in ("adapter", "model") if passes == "lora" else ("adapter",):
+        written = json.loads((work / "out" / folder / "adapter_config.json").read_text())
+        assert written == on_compute | {"base_model_name_or_path": str(work / "model")}
+    final = Artifact.from_dict(result.final)
+    assert final.path == work / "out" / "model" and result.model_path == final.path
+    assert final.kind == ("adapter" if passes == "lora" else "hf")
+    assert (final.base.path if final.base else None) == (work / "model" if passes == "lora" else None)
 
 
 def test_a_job_that_fails_before_tunecell_runs_shows_the_remote_error(config, fake, ml):
@@ -442,6 +497,23 @@ def test_a_503_is_retried_by_the_pipeline(config, fake, ml):
     assert result.status == "succeeded" and fake.faults_served == 2
     assert statuses(result.logs) == ["Queued", "Preparing", "Running", "Finalizing", "Completed"]
     assert not any("did not answer" in line for line in result.logs)  # azure-core's retry policy hid them
+
+
+def test_a_log_that_cannot_be_read_is_reported_without_its_sas_signature(config, fake, ml, monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+
+    from tunecell.azureml import follow, submit
+
+    def unreachable(self, name, url):  # what urllib3 says when the storage host does not resolve
+        raise ServiceRequestError(f"HTTPSConnectionPool(host='x.blob.core.windows.net'): Max retries exceeded "
+                                  f"with url: /{name}?se=2026-12-03&sp=r&sr=b&sig=c2VjcmV0%3D (Caused by DNS)")
+
+    monkeypatch.setattr(follow.LogTail, "_read_from", unreachable)
+    script_job(fake)
+    result = submit(config, client=ml, progress="none").follow()
+    assert result.status == "succeeded"  # the events come from events.jsonl instead
+    warning = next(line for line in result.logs if "cannot read the job's log" in line)
+    assert "std_log.txt?..." in warning and "sig=" not in "\n".join(result.logs)
 
 
 def test_interrupting_stops_following_and_a_new_handle_reconnects_after_restart(config, fake, ml, work):
@@ -596,6 +668,37 @@ def test_the_remote_bootstrap_stops_on_an_unreadable_vault_naming_it(work, monke
     (work / "config.json").write_text("{}")
     assert remote.main(["--", "run", "--config", "config.json"]) == remote.EXIT_SETUP
     assert "cannot read the secret 'hf-token' from Key Vault 'kv-team'" in capsys.readouterr().err
+
+
+def test_the_command_line_follows_or_cancels_a_job_it_stopped_following(config, fake, work, monkeypatch, capsys):
+    from tunecell.azureml import client, submission
+    from tunecell.cli import main
+
+    script_job(fake)
+    fresh = client_for(fake)
+    monkeypatch.setattr(client, "ml_client", lambda *a, **k: fresh)
+    wait = submission.AzureMLRun._wait
+
+    def interrupt(self, interval, stop):  # Ctrl-C while the job is queued
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submission.AzureMLRun, "_wait", interrupt)
+    assert main(["run", "--config", "tones.yaml", "--progress", "none"]) == 1
+    hint = capsys.readouterr().err.splitlines()[-1]
+    job = hint.split()[2]
+    cache = str(work / "cache")  # not the default folder: the command says which
+    assert hint == (f"AzureML job {job} keeps running: `tunecell follow {job} --cache-dir {cache}` follows it again, "
+                    f"`tunecell cancel {job} --cache-dir {cache}` stops it")
+    monkeypatch.setattr(submission.AzureMLRun, "_wait", wait)
+    assert main(["follow", job, "--cache-dir", cache]) == 0
+    assert "succeeded" in capsys.readouterr().out and (work / "out" / "model").is_dir()
+    monkeypatch.setattr(submission.AzureMLRun, "_wait", interrupt)
+    main(["run", "--config", "tones.yaml", "--progress", "none"])
+    second = capsys.readouterr().err.splitlines()[-1].split()[2]
+    assert main(["cancel", second, "--cache-dir", cache]) == 0
+    assert f"POST /jobs/{second}/cancel" in fake.calls()
+    assert main(["follow", "tunecell-no-such-job", "--cache-dir", cache]) == 1
+    assert "no AzureML run 'tunecell-no-such-job' is recorded" in capsys.readouterr().err
 
 
 def test_cli_run_writes_the_event_stream(work, monkeypatch, capsys):

@@ -80,6 +80,22 @@ def test_an_output_dir_that_is_a_file_exits_2_before_any_pass(tiny_model, tmp_pa
     assert not (tmp_path / "cache" / "default_workflow").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("extra, named", [
+    (["--set", "data_configs.tones.load_dataset_config.data_files=nope.jsonl"], "nope.jsonl"),  # a missing file
+    (["--events", "events"], "--events"),  # a folder
+    (["--set", "passes.lora.training_args.optim=adamw_torchh"], "did you mean 'adamw_torch'?")])
+def test_what_a_run_refuses_before_any_work_exits_2(tiny_model, tmp_path, monkeypatch, extra, named):
+    path = write_config(tmp_path / "lora.yaml", tiny_model, {"lora": {
+        "type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["qkv_proj"], "train_data_config": "tones",
+        "training_args": {"max_steps": 2}}})
+    (tmp_path / "events").mkdir()
+    monkeypatch.chdir(tmp_path)
+    proc = cli("run", "--config", str(path), "--progress", "none", *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and named in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "default_workflow").exists()
+
+
 def test_missing_config_file_exits_2(tmp_path):
     proc = cli("run", "--config", str(tmp_path / "nowhere.yaml"))
     assert proc.returncode == 2, proc.stderr

@@ -128,17 +128,19 @@ def test_current_dialects_need_no_dialect_notes(name):
 
 
 # ------------------------------------------------------------------------------------- tunecell validate
-def test_validate_prints_the_same_plan_for_every_dialect(capsys):
+def test_validate_prints_the_same_plan_for_every_dialect(capsys, tmp_path):
+    """Each is an AzureML run: validate also builds its job offline, which sends the model from here."""
+    (tmp_path / "config.json").write_text('{"model_type": "phi3"}')
     plans = {}
     for name in DIALECTS:
-        assert main(["validate", str(CONFIGS / name)]) == 0
+        assert main(["validate", str(CONFIGS / name), "--set", f"input_model.model_path={tmp_path}"]) == 0
         out, err = capsys.readouterr()
         assert err == ""
         plans[name] = out
     reference = _plan_lines(plans["tunecell.yaml"])
     for name, out in plans.items():
         assert _plan_lines(out) == reference, name
-    assert reference[0] == "input model: microsoft/Phi-3-mini-4k-instruct"
+    assert reference[0] == f"input model: {tmp_path}"
     assert "1. lora [QLoRA] <- input_model: hf -> adapter" in reference
     assert "2. merge_adapter_weights [MergeAdapterWeights] <- lora: adapter -> hf" in reference
     assert "3. builder [ModelBuilder] <- merge_adapter_weights: hf -> onnx" in reference
@@ -147,11 +149,13 @@ def test_validate_prints_the_same_plan_for_every_dialect(capsys):
     assert "note: passes.lora: lora_r is now r" not in plans["tunecell.yaml"]
 
 
-def test_validate_in_a_real_process_prints_the_same_plan(capsys):
-    assert main(["validate", str(CONFIGS / "tunecell.yaml")]) == 0
+def test_validate_in_a_real_process_prints_the_same_plan(capsys, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "phi3"}')
+    model = ["--set", f"input_model.model_path={tmp_path}"]  # the model the job would send
+    assert main(["validate", str(CONFIGS / "tunecell.yaml"), *model]) == 0
     in_process = capsys.readouterr().out
     for name in ("cookbook.json", "tunecell.yaml"):
-        done = subprocess.run([sys.executable, "-m", "tunecell.cli", "validate", str(CONFIGS / name)],
+        done = subprocess.run([sys.executable, "-m", "tunecell.cli", "validate", str(CONFIGS / name), *model],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert _plan_lines(done.stdout) == _plan_lines(in_process), name
@@ -330,6 +334,32 @@ def test_olive_export_numbers_priorities_and_writes_settings_whose_defaults_diff
     again = load_config(tmp_path / "olive.json")
     assert again.passes == config.passes and again.data_configs == config.data_configs
     assert "training_args: warmup_ratio is now warmup_steps" in " ".join(again.notes)
+
+
+def test_a_yaml_export_elsewhere_loads_to_the_same_files_and_folders(tmp_path, monkeypatch):
+    from tunecell.config.export import export_config
+
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "tones.jsonl").write_text('{"phrase": "hi", "tone": "Joy"}\n')
+    (tmp_path / "project" / "base").mkdir()
+    (tmp_path / "project" / "tones.yaml").write_text(EXAMPLE.replace(
+        "example_notebooks/data/tones.jsonl", "data/tones.jsonl").replace(
+        "model_path: HuggingFaceTB/SmolLM2-135M-Instruct", "model_path: base"))
+    config = load_config(tmp_path / "project" / "tones.yaml")
+    monkeypatch.chdir(tmp_path)  # neither folder
+    export_config(config, tmp_path / "shared" / "runs" / "tones.yaml")
+    again = load_config(tmp_path / "shared" / "runs" / "tones.yaml")
+    for c in (config, again):
+        assert c.resolve(c.data_configs[0].load_dataset_config.data_files) == tmp_path / "project/data/tones.jsonl"
+        assert c.resolve(c.input_model.model_path) == tmp_path / "project/base"
+        assert c.resolve(c.cache_dir) == tmp_path / "project/.tunecell/cache"  # the default, written out
+        assert c.resolve(c.output_dir) == tmp_path / "project/models/tones"
+    assert again.data_configs[0].load_dataset_config.data_files == "../../project/data/tones.jsonl"
+    assert again.passes == config.passes and again.evaluators == config.evaluators
+    assert main(["validate", str(tmp_path / "shared" / "runs" / "tones.yaml")]) == 0
+    hub = load_config(EXAMPLE)
+    export_config(hub, tmp_path / "hub.yaml")
+    assert load_config(tmp_path / "hub.yaml").input_model.model_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_olive_export_leaves_out_a_gguf_file_with_a_note(tmp_path):

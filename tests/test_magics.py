@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from IPython.utils.capture import CapturedIO, capture_output
 from traitlets.config import Config
 
 import tunecell
-from tunecell.errors import PassFailed
+from tunecell.errors import PassFailed, TunecellError
 from tunecell.runner import RunResult
 
 DATA = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
@@ -149,7 +150,7 @@ class View:
     def __init__(self, box: Any):
         self.box = box
         self.header, self.overall, self.cancel = box.children[0].children
-        self.passes, self.curve, self.metrics, self.log = box.children[1:5]
+        self.passes, self.curve, self.metrics, self.log, self.summary = box.children[1:6]
 
     def rows(self) -> dict[str, Any]:
         return {re.search(r"<b>(.*?)</b>", row.children[0].value).group(1): row for row in self.passes.children}
@@ -336,6 +337,15 @@ def test_dry_run_prints_the_plan_and_runs_nothing(ip: InteractiveShell, main_cel
     assert magics(ip).runs == runs and captured.outputs == [] and captured.stderr == ""
 
 
+def test_dry_run_from_a_run_plans_only_the_passes_left(ip: InteractiveShell, ft: RunResult, paths) -> None:
+    body = f"passes:\n  mb: {{type: ModelBuilder, precision: int4}}\noutput_dir: {paths['out'] / 'onnx'}\n"
+    result, captured = run(ip, "%%optimize --dry-run --from ft", body)
+    assert result.error_in_exec is None, captured.stderr
+    out = captured.stdout
+    assert out.startswith(f"input model: the model of ft (run {ft.run_id}): {ft.model_path}\n"), out
+    assert "1. mb [ModelBuilder] <- merge: " in out and "[LoRA]" not in out and "[MergeAdapterWeights]" not in out
+
+
 def test_set_overrides_keys(ip: InteractiveShell, main_cell: str) -> None:
     ip.user_ns["lora_rank"] = 4
     line = ("%%finetune --dry-run --set passes.lora.r=8 --set passes.lora.training_args.max_steps=2 "
@@ -434,6 +444,26 @@ def test_preview_returns_the_preview_widget_and_trains_nothing(ip: InteractiveSh
     assert not (paths["out"] / "preview").exists()
 
 
+def test_preview_applies_set_and_writes_a_cell_that_runs(ip: InteractiveShell, tiny_model: Path, paths) -> None:
+    body = workflow(tiny_model, paths["out"] / "preview")
+    result, captured = run(ip, "%%finetune --preview -o p", body)
+    assert result.error_in_exec is None, captured.stderr
+    result.result.buttons["write"].click()
+    line, text = ip.rl_next_input.split("\n", 1)
+    assert line == "%%finetune -o p" and text.startswith("input_model:")  # trains when run; the body as written
+
+    key = "data_configs.tones.pre_process_data_config.max_seq_len"
+    result, captured = run(ip, f"%%finetune --preview --set {key}=16 -o p", body)
+    assert result.error_in_exec is None, captured.stderr
+    shown = result.result
+    assert shown.max_seq_len == 16  # the override, not the body's 64
+    shown.max_seq_len = 32
+    shown.buttons["write"].click()
+    line, text = ip.rl_next_input.split("\n", 1)
+    assert line == "%%finetune -o p"  # the written config has --set applied: kept, it would undo the change to 32
+    assert tunecell.load_config(text).data_configs[0].pre_process_data_config.max_seq_len == 32
+
+
 def test_magic_line_is_not_brace_expanded(ip: InteractiveShell, main_cell: str, paths) -> None:
     ip.user_ns.update(lora_rank=4, x="EXPANDED")
     folder = paths["root"] / "literal"
@@ -500,6 +530,36 @@ def test_config_error_inside_a_pass_names_the_key(ip: InteractiveShell, tiny_mod
     assert ip.user_ns["bad_modules"].status == "failed"
 
 
+def test_a_failed_pass_leaves_the_summary_then_the_short_error(ip: InteractiveShell, tiny_model: Path, paths) -> None:
+    body = workflow(tiny_model, paths["out"] / "modules", targets="q_proj")
+    result, captured = run(ip, "%%finetune", body)
+    assert "pass 'lora' (LoRA) failed" in short_usage_error(result, captured)
+    (summary,) = displayed_summaries(captured)  # what a saved notebook keeps of the run
+    assert re.match(r"tunecell run \S+: failed", summary["text/plain"])
+    assert re.search(r"lora\s+LoRA\s+failed", summary["text/plain"]) and "target_modules" in summary["text/html"]
+
+
+def test_a_run_that_fails_before_it_starts_shows_why_in_its_view(ip: InteractiveShell, tiny_model: Path, paths) -> None:
+    body = workflow(tiny_model, paths["out"] / "err").replace("tones.jsonl", "no-such-file.jsonl")
+    with progress_mode(ip, "widgets"):
+        result, captured = run(ip, "%%finetune", body)
+    assert "no-such-file.jsonl: file not found" in short_usage_error(result, captured)
+    view = View(displayed_widgets(captured)[0])
+    assert "failed" in view.header.value and view.overall.bar_style == "danger"
+    assert "no-such-file.jsonl: file not found" in view.summary.value
+
+    with progress_mode(ip, "widgets"):
+        result, captured = run(ip, "%%finetune --background", body)
+    handle = result.result
+    with pytest.raises(TunecellError, match="file not found"):
+        handle.wait(timeout=60)
+    view = View(displayed_widgets(captured)[0])
+    assert "failed" in view.header.value and view.cancel.disabled
+    assert "no-such-file.jsonl: file not found" in view.summary.value
+    logs = run(ip, f"%tunecell logs {handle.id}")[1].stdout
+    assert logs.startswith("error: ") and "no-such-file.jsonl: file not found" in logs
+
+
 def test_failed_pass_is_short_then_real_with_short_errors_off(ip: InteractiveShell, ft: RunResult, paths) -> None:
     gone = paths["root"] / "deleted-model"
     ip.user_ns["broken"] = replace(ft, final={**ft.final, "path": str(gone), "identity": "deleted"})
@@ -556,6 +616,23 @@ def test_progress_widget_at_the_end_of_a_run(main_run: Any) -> None:
     assert "<svg" in view.curve.value and "lora" in view.curve.value  # the loss curve
     assert "accuracy" in view.metrics.value and "merge" in view.metrics.value
     assert "resuming" not in view.log.children[0].value
+
+
+def test_a_run_in_the_cell_has_no_cancel_button(main_run: Any) -> None:
+    """The kernel would handle a click only once the cell has ended: the kernel interrupt stops such a run."""
+    (box,) = displayed_widgets(main_run[1])
+    assert View(box).cancel.layout.display == "none"
+
+
+def test_a_missed_goal_fails_the_cell_after_the_summary(ip: InteractiveShell, main_cell: str, ft, paths) -> None:
+    ip.user_ns["lora_rank"] = 4
+    body = main_cell.replace("type: size_on_disk}", "type: size_on_disk, goal: {type: threshold, value: 0.001}}")
+    body = body.replace(str(paths["out"] / "main"), str(paths["out"] / "goal"))
+    result, captured = run(ip, "%%finetune -o missed", body)
+    assert re.match(r"goal missed: size = [\d.]+, goal: <= 0\.001$", short_usage_error(result, captured))
+    assert ip.user_ns["missed"].status == "failed"
+    (summary,) = displayed_summaries(captured)
+    assert "goal missed: size" in summary["text/plain"]
 
 
 def test_static_summary_text_plain_and_html(main_run: Any, ft: RunResult) -> None:
@@ -621,7 +698,7 @@ def test_generate_from_a_run_result_and_from_a_path(ip: InteractiveShell, ft: Ru
     assert result.error_in_exec is None, captured.stderr
     assert ">>> ### Text: we won\n### The tone is:" in captured.stdout  # \n in a prompt line is a newline
     assert re.search(r"\([0-2] tokens, [\d.]+ tokens/s\)", captured.stdout)
-    assert any(m.kind == "onnx" for m in magics(ip)._models.values())
+    assert any(m.kind == "onnx" for _, m in magics(ip)._models.values())
 
     result, captured = run(ip, "%%generate --max-new-tokens 1", "café\\nnaïve")  # no --model: the session's last run
     assert result.error_in_exec is None and ">>> café\nnaïve\n" in captured.stdout, captured.stdout
@@ -630,6 +707,38 @@ def test_generate_from_a_run_result_and_from_a_path(ip: InteractiveShell, ft: Ru
     with pytest.raises(UsageError, match="produced no model"):
         ip.user_ns["no_model"] = replace(ft, artifacts={}, final=None, run_id="x")
         ip.run_cell_magic("generate", "--model no_model", "hi")
+
+
+def test_generate_reloads_a_model_folder_written_again(ip: InteractiveShell, tiny_model: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunecell import inference
+
+    loaded, load = [], inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda path: loaded.append(path) or load(path))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder, copy_function=shutil.copy)
+    for _ in range(2):
+        result, captured = run(ip, f"%%generate --model {folder} --max-new-tokens 1", "hello")
+        assert result.error_in_exec is None, captured.stderr
+    assert len(loaded) == 1  # unchanged: loaded once
+    shutil.rmtree(folder)
+    shutil.copytree(tiny_model, folder, copy_function=shutil.copy)  # a retrain writes a new model there
+    run(ip, f"%%generate --model {folder} --max-new-tokens 1", "hello")
+    assert len(loaded) == 2
+
+
+def test_generate_from_an_output_folder_and_its_short_errors(ip: InteractiveShell, ft: RunResult, optimized: Any,
+                                                             tmp_path: Path) -> None:
+    output_dir = Path(ft.artifacts["model"]).parent  # holds model/, adapter/ and manifest.json
+    result, captured = run(ip, f"%%generate --model {output_dir} --max-new-tokens 1", "hello")
+    assert result.error_in_exec is None and ">>> hello" in captured.stdout, captured.stderr
+    message = short_usage_error(*run(ip, f"%%generate --model {tmp_path}", "hello"))
+    assert message.startswith(f"--model {tmp_path}: ") and "holds neither an ONNX model" in message
+    for n in (0, -2):
+        assert f"--max-new-tokens {n}: give 1 or more" in short_usage_error(
+            *run(ip, f"%%generate --model ft --max-new-tokens {n}", "hello"))
+    message = short_usage_error(*run(ip, "%%generate --model opt", "word " * 600))  # int4 ONNX: 512 positions
+    assert re.match(r"the prompt is \d+ tokens and 1 new ones must follow it; the model's context holds 512", message)
 
 
 # ======================================================================================== stop and resume
@@ -768,9 +877,19 @@ def test_tunecell_without_runs(ip: InteractiveShell, monkeypatch: pytest.MonkeyP
         assert "no runs in this session yet" in short_usage_error(*run(ip, line))
 
 
-@pytest.mark.parametrize("line", ["%tunecell", "%tunecell bogus", "%tunecell cache bogus", "%tunecell export"])
+@pytest.mark.parametrize("line", ["%tunecell", "%tunecell bogus", "%tunecell cache bogus", "%tunecell export",
+                                  "%tunecell status now", "%tunecell export ft a.yaml b.yaml", "%tunecell logs 'ft",
+                                  "%tunecell version --cache-dir x", "%tunecell runs --cache-dir",
+                                  "%tunecell logs --bogus"])
 def test_tunecell_usage_errors(ip: InteractiveShell, ft: RunResult, line: str) -> None:
     assert "usage: %tunecell" in short_usage_error(*run(ip, line))
+
+
+def test_tunecell_passes_lists_the_pass_types(ip: InteractiveShell) -> None:
+    result, captured = run(ip, "%tunecell passes")
+    assert result.error_in_exec is None, captured.stderr
+    for name in ("LoRA", "QLoRA", "MergeAdapterWeights", "ModelBuilder"):
+        assert name in captured.stdout, name
 
 
 def test_tunecell_version(ip: InteractiveShell) -> None:
@@ -800,7 +919,9 @@ def test_tunecell_status_runs_logs_export(ip: InteractiveShell, ft: RunResult, p
     assert "is not an AzureML job" in short_usage_error(*run(ip, "%tunecell follow ft"))
 
 
-def test_tunecell_cache_and_cache_clear(ip: InteractiveShell, tmp_path: Path, paths) -> None:
+def test_tunecell_cache_and_cache_clear(ip: InteractiveShell, tmp_path: Path, paths,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(magics(ip), "runs", {})  # no run of this session used another folder
     assert re.fullmatch(rf"{re.escape(str(paths['cache']))}: \d+\.\d MB\n", run(ip, "%tunecell cache")[1].stdout)
     scratch = tmp_path / "scratch-cache"
     (scratch / "entry").mkdir(parents=True)
@@ -814,3 +935,23 @@ def test_tunecell_cache_and_cache_clear(ip: InteractiveShell, tmp_path: Path, pa
         assert run(ip, "%tunecell cache")[1].stdout == f"{scratch}: 0.0 MB\n"
     finally:
         ip.run_line_magic("config", f"TuneCell.cache_dir = {str(paths['cache'])!r}")
+
+
+def test_tunecell_looks_in_the_cache_folders_the_runs_used(ip: InteractiveShell, tiny_model: Path, tmp_path: Path,
+                                                           paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(magics(ip), "runs", {})  # this test's runs only
+    config = tmp_path / "sub" / "cfg.yaml"  # its relative cache_dir starts at its folder, not the current one
+    config.parent.mkdir()
+    config.write_text(f"input_model: {{model_path: {tiny_model}}}\npasses: {{}}\noutput_dir: out\ncache_dir: own\n")
+    result, captured = run(ip, f"%finetune -f {config} -o own")
+    assert result.error_in_exec is None, captured.stderr
+    own, folder = ip.user_ns["own"], config.parent / "own"
+    assert re.search(rf"^{own.run_id}: succeeded", run(ip, "%tunecell runs")[1].stdout, re.M)
+    sizes = run(ip, "%tunecell cache")[1].stdout.splitlines()
+    assert [line.split(": ")[0] for line in sizes] == [str(paths["cache"]), str(folder)]  # configured, then used
+
+    monkeypatch.setattr(magics(ip), "runs", {})  # a restarted kernel: --cache-dir names the folder
+    assert own.run_id not in run(ip, "%tunecell runs")[1].stdout
+    assert re.search(rf"^{own.run_id}: succeeded", run(ip, f"%tunecell runs --cache-dir {folder}")[1].stdout, re.M)
+    assert run(ip, f"%tunecell cache clear --cache-dir {folder}")[1].stdout == f"cleared {folder}\n"
+    assert not folder.exists()

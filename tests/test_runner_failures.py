@@ -168,6 +168,24 @@ def test_a_run_that_fails_keeps_the_record_of_the_model_output_dir_still_holds(t
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["published"]["run_id"] == good.run_id
 
 
+def test_a_run_that_only_misses_a_goal_publishes_its_model_and_says_so(tiny_model, tmp_path):
+    passes = {"mb": {"type": "ModelBuilder", "precision": "int4"}}
+    good, _ = run(config(tiny_model, tmp_path, passes))
+    missed = config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4", "int4_block_size": 16}})
+    missed["evaluators"] = {"ev": {"metrics": [{"name": "size", "type": "size_on_disk",
+                                                "goal": {"type": "threshold", "value": 1}}]}}
+    missed["evaluator"] = "ev"
+    result, _ = run(missed)
+    assert result.status == "failed" and result.failed_goals
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "published" not in manifest  # output_dir holds this run's model, not good's
+    assert result.run_id in (tmp_path / "out" / "model" / ".tunecell-identity").read_text()
+    bad = config(tiny_model, tmp_path, {"lora": lora(target_modules=["q_proj"])})
+    with pytest.raises(PassFailed):
+        run(bad)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["published"]["run_id"] == result.run_id
+
+
 def test_rows_cut_at_max_seq_len_are_reported_as_a_warning(tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, {"lora": lora(max_steps=1)})
     cfg["data_configs"][0]["pre_process_data_config"]["max_seq_len"] = 24
@@ -183,12 +201,17 @@ def test_rows_cut_at_max_seq_len_are_reported_as_a_warning(tiny_model, tmp_path)
 @pytest.mark.parametrize("key, value, close", [("optim", "adamw_torchh", "adamw_torch"),
                                                ("lr_scheduler_type", "cosien", "cosine"),
                                                ("eval_strategy", "step", "steps")])
-def test_a_misspelt_training_args_choice_fails_with_the_closest_name(tiny_model, tmp_path, key, value, close):
+def test_a_misspelt_training_args_choice_fails_before_any_work_with_the_closest_name(tiny_model, tmp_path, key,
+                                                                                      value, close):
     settings = lora(max_steps=1)
     settings["training_args"][key] = value
-    with pytest.raises(PassFailed) as error:
-        run(config(tiny_model, tmp_path, {"lora": settings}))
-    cause = error.value.__cause__
-    assert isinstance(cause, ConfigError) and cause.path == ("passes", "lora", "training_args", key)
-    assert f"{value!r} is not a name transformers knows" in cause.message
-    assert cause.hint == f"did you mean {close!r}?"
+    cfg = config(tiny_model, tmp_path, {"lora": settings})
+    cfg["evaluators"] = {"ev": {"metrics": [{"name": "size", "type": "size_on_disk"}]}}
+    cfg["evaluator"] = "ev"
+    events: list = []
+    with pytest.raises(ConfigError) as error:
+        tunecell.run(cfg, subscribers=[events.append], progress="none")
+    assert error.value.path == ("passes", "lora", "training_args", key)
+    assert f"{value!r} is not a name transformers knows" in error.value.message
+    assert error.value.hint == f"did you mean {close!r}?"
+    assert events == [] and not (tmp_path / "out").exists()  # not even the input model was measured

@@ -317,6 +317,22 @@ def test_start_from_runs_only_the_remaining_passes(main):
     assert set(second.manifest["metrics"]) == {"input", "merge", "mb"}
 
 
+def test_start_from_refuses_a_pass_it_ran_with_other_settings_or_nothing_left_to_run(main):
+    from tunecell.errors import ConfigError
+
+    config = variant(main, "out-from-refused")
+    first, _ = run(config, only={"lora", "merge"})
+    changed = copy.deepcopy(config)
+    changed["passes"]["lora"]["r"] = 2 * config["passes"]["lora"]["r"]
+    with pytest.raises(ConfigError, match=f"pass 'lora' already ran in run {first.run_id} with other settings"):
+        run(changed, start_from=first)
+    done = copy.deepcopy(config)
+    done["passes"] = {name: config["passes"][name] for name in ("lora", "merge")}
+    with pytest.raises(ConfigError, match="already ran every pass of this config: nothing to run"):
+        run(done, start_from=first)
+    assert json.loads((main.root / "out-from-refused" / "manifest.json").read_text())["run_id"] == first.run_id
+
+
 def test_an_entry_rebuilt_under_the_same_key_is_published_again(tiny_model, tmp_path):
     # clean_cache empties the cache first: the builder's entry is built again under the same key, and output_dir
     # must then hold that build, not the one before

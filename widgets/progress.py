@@ -6,8 +6,9 @@ may be called from a worker thread (a `--background` run, a Trainer callback), s
 by a lock. Training updates (bar, step text, loss curve) are throttled by time, with a trailing render so the view
 never stays behind the last step, and PassFinished / RunFinished always render the final state.
 
-At the end, `finish(result)` adds the static summary to the live view, and `static_summary(result)` gives the
-mimebundle (text/plain + text/html) the magic displays so a saved notebook keeps the summary without widget state.
+At the end, `finish(result)` adds the static summary to the live view (`fail(error)` the error of a run that ended
+without a result), and `static_summary(result)` gives the mimebundle (text/plain + text/html) the magic displays so
+a saved notebook keeps the summary without widget state.
 """
 from __future__ import annotations
 
@@ -463,6 +464,15 @@ class RunProgress:
     def _disable_cancel(self) -> None:
         self.cancel_button.disabled = True
         self.cancel_button.description = "Cancel"
+
+    def fail(self, error: str) -> None:
+        """The run raised ``error`` before its end was reported (a missing data file, say): show it, close the
+        controls. After a reported end (a failed pass), the view shows the failure already."""
+        with self._lock:
+            if self.finished:
+                return
+            self._on_run_finished(RunFinished("failed", None, None))
+            self.summary.value = f"<pre style='color:#cf222e'>{html.escape(error)}</pre>"
 
     def finish(self, result: Any) -> None:
         """Add the static summary of `result` (a RunResult) below the live view and close the controls."""

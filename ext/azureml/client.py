@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import schema
 from ..errors import TunecellError
+
+_URL_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\")]+")  # a URL's or a path's query
 
 ARM_SCOPE = "https://management.azure.com/.default"
 RETRY = {"retry_total": 5, "retry_backoff_factor": 1.0, "retry_backoff_max": 30}
@@ -100,9 +103,9 @@ def ml_client(client: Optional[schema.AzureMLClient], *, credential: Any = None,
     from azure.ai.ml import MLClient
     from azure.ai.ml.exceptions import ValidationException
 
-    credential = credential if credential is not None else get_credential(say)
     options = {**RETRY, **CLIENT_DEFAULTS, **kwargs}
     if client is not None and client.subscription_id and client.resource_group and client.workspace_name:
+        credential = credential if credential is not None else get_credential(say)
         return MLClient(credential, client.subscription_id, client.resource_group, client.workspace_name, **options)
     if client is not None and client.aml_config_path:
         path = Path(client.aml_config_path).expanduser()
@@ -113,6 +116,7 @@ def ml_client(client: Optional[schema.AzureMLClient], *, credential: Any = None,
         where = path
     else:
         where = Path(base_dir) if base_dir else Path.cwd()
+    credential = credential if credential is not None else get_credential(say)  # a login, once the workspace is known
     try:
         return MLClient.from_config(credential, path=str(where), **options)
     except ValidationException as e:
@@ -189,5 +193,7 @@ def keyvault_name(workspace: Any) -> Optional[str]:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line, with any URL's query cut off: a storage URL's query holds its SAS signature."""
     text = str(getattr(error, "message", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return _URL_QUERY.sub(r"\1?...", line)

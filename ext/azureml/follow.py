@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..runner.result import PassRecord, RunResult
 
@@ -117,14 +117,16 @@ def fetch_outputs(ml: Any, job_name: str, output: str, work: Path) -> Path:
     return source
 
 
-def move_into(source: Path, dest: Path) -> Path:
-    """Each top-level entry of ``source`` put into ``dest``, replacing the one there (a local run also replaces
-    only model/, adapter/ and manifest.json, keeping the rest). Each entry is staged next to its target first (a
-    copy when the download is on another file system), then swapped in by renames."""
+def move_into(source: Path, dest: Path, only: Callable[[str], bool] = lambda name: True) -> Path:
+    """Each top-level entry of ``source`` that ``only`` accepts put into ``dest``, replacing the one there. Each
+    entry is staged next to its target first (a copy when the download is on another file system), then swapped in
+    by renames."""
     from ..runner.output_dir import IDENTITY, is_published
 
     dest.mkdir(parents=True, exist_ok=True)
     for entry in sorted(source.iterdir()):
+        if not only(entry.name):
+            continue
         target = dest / entry.name
         if entry.is_dir() and is_published(entry.name) and not (entry / IDENTITY).exists():
             # the stamp that lets the next run replace it (runner/output_dir.py)
@@ -138,6 +140,15 @@ def move_into(source: Path, dest: Path) -> Path:
         os.replace(staged, target)
         _remove(old)
     return dest
+
+
+def point_at_base(adapter_config: Path, base: Path) -> None:
+    """An adapter's base_model_name_or_path set to ``base`` (rewritten through a temp file)."""
+    data = json.loads(adapter_config.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = str(base)
+    tmp = adapter_config.with_name(adapter_config.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, adapter_config)
 
 
 def _remove(path: Path) -> None:

@@ -49,7 +49,6 @@ JOB_EXTRAS = ("torch",)
 NOTEBOOK_ONLY = {"ipython", "ipywidgets"}
 KEYVAULT_PACKAGES = ("azure-identity>=1.15", "azure-keyvault-secrets>=4.7")
 _GLOB = re.compile(r"[*?\[]")
-_VAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
 _PLACEHOLDER = "${{{{inputs.{}}}}}"
 
 
@@ -94,7 +93,6 @@ def build_job(config: schema.WorkflowConfig, *, system: Optional[str] = None, na
         what = f"system {system!r} is not" if system else "neither host nor target names"
         raise ConfigError(f"{what} an AzureML system", path=("host",),
                           hint="set host (or --target) to a system of type AzureML")
-    check_vault_name(aml, system)
     name = name or new_job_name()
     inputs = _Inputs(config)
     remote = remote_config(config, system, inputs)
@@ -327,14 +325,6 @@ def _environment_variables(aml: schema.AzureMLSystem, system: str, keyvault_name
     return values
 
 
-def check_vault_name(aml: schema.AzureMLSystem, system: str) -> None:
-    """hf_token is true or a Key Vault's name. Anything else (a token pasted by mistake) is refused, unechoed."""
-    if isinstance(aml.hf_token, str) and not _VAULT_NAME.match(aml.hf_token):
-        raise ConfigError("hf_token is true (the workspace's Key Vault) or the name of a Key Vault holding the secret "
-                          "hf-token; this value is neither (it is not shown: if it is a token, remove it from the "
-                          "config and revoke it)", path=("systems", system, "hf_token"))
-
-
 # ------------------------------------------------------------------------------------------- the environment
 def _environment(config: schema.WorkflowConfig, aml: schema.AzureMLSystem, system: str) -> tuple[Any, str]:
     from azure.ai.ml.entities import Environment
@@ -366,11 +356,11 @@ def _read_conda(path: Optional[Path], system: str) -> dict[str, Any]:
     if path is None:
         return {"name": "tunecell", "channels": ["conda-forge"], "dependencies": []}
     if not path.is_file():
-        raise ConfigError(f"aml_docker_config.conda_file_path: {path} does not exist",
+        raise ConfigError(f"{path} does not exist",
                           path=("systems", system, "aml_docker_config", "conda_file_path"))
     spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(spec, dict) or not isinstance(spec.setdefault("dependencies", []), list):
-        raise ConfigError(f"aml_docker_config.conda_file_path: {path} is not a conda environment file "
+        raise ConfigError(f"{path} is not a conda environment file "
                           "(a mapping with a dependencies list)",
                           path=("systems", system, "aml_docker_config", "conda_file_path"))
     return spec

@@ -29,9 +29,10 @@ from ..config import schema
 from ..errors import PassFailed, TunecellError
 from ..events import Event, EventBus, Log, RunFinished, RunStarted, Subscriber
 from ..runner.history import record_run, recorded_runs
+from ..runner.output_dir import is_published
 from ..runner.result import RunResult
 from . import client as aml_client
-from .follow import LogTail, fetch_outputs, move_into, result_from_manifest
+from .follow import LogTail, fetch_outputs, move_into, point_at_base, result_from_manifest
 from .job import OUTPUT, build_job
 
 TERMINAL = ("Completed", "Failed", "Canceled", "NotResponding", "Paused")
@@ -159,9 +160,11 @@ class AzureMLRun:
                     return self._finish(status)
                 self._wait(interval, stop)
         except KeyboardInterrupt:
+            where = "" if self.cache_dir.absolute() == Path(schema.DEFAULT_CACHE_DIR).absolute() else \
+                f" --cache-dir {self.cache_dir}"
             self.bus.log(f"stopped following AzureML job {self.job_name}; it keeps running. "
-                         f"%tunecell follow {self.job_name} picks it up again, %tunecell cancel {self.job_name} "
-                         "stops it", "warning")
+                         f"%tunecell follow {self.job_name}{where} picks it up again, %tunecell cancel "
+                         f"{self.job_name}{where} stops it (tunecell follow / cancel in a shell)", "warning")
             return RunResult(self.job_name, "running", [], {}, {}, "", self._source(),
                              duration_s=round(time.time() - self.submitted_at, 1), logs=self.logs, config=self.config)
 
@@ -226,17 +229,22 @@ class AzureMLRun:
                 self.bus.log(f"cannot download the job's outputs: {type(e).__name__}: {aml_client._first_line(e)}",
                              "error" if status == "Completed" else "warning")
             if fetched is not None:
-                # into output_dir when the run went through (goals missed included, as locally); a failed run's
-                # outputs go aside, so what output_dir holds is not lost
+                # into output_dir when the run went through (goals missed included), what a local run replaces
+                # there and nothing else; the rest (events.jsonl, other ranks' outputs), and all of a failed run's
+                # outputs, go aside with the job's record, so what output_dir holds is not lost
                 where = self.output_dir if _went_through(status, fetched / "manifest.json") else job_dir / "outputs"
-                move_into(fetched, where)
+                if where == self.output_dir:
+                    move_into(fetched, where, only=lambda name: is_published(name) or name == "manifest.json")
+                move_into(fetched, job_dir / "outputs")
                 shutil.rmtree(job_dir / "download", ignore_errors=True)
                 manifest = where / "manifest.json" if (where / "manifest.json").is_file() else None
-                if (where / "events.jsonl").is_file():
-                    self._replay(where / "events.jsonl")
+                if (job_dir / "outputs" / "events.jsonl").is_file():
+                    self._replay(job_dir / "outputs" / "events.jsonl")
         if manifest is not None:
             result = result_from_manifest(manifest, self.job_name, where, config=self.config, logs=[],
                                           duration_s=duration)
+            if where == self.output_dir:
+                result.final = self._downloaded_model(result)
             if status != "Completed" and result.status == "succeeded":
                 result.status = "failed"
             if result.status != "succeeded" and not result.error and not result.failed_goals:
@@ -279,6 +287,32 @@ class AzureMLRun:
             return tail.error()
         except Exception:
             return None
+
+    def _downloaded_model(self, result: RunResult) -> Optional[dict[str, Any]]:
+        """output_dir/model as the artifact `%%optimize --from` starts at. A downloaded adapter names its base by
+        its path on the compute: it is pointed at this machine's copy of the input model."""
+        from ..models import resolve_model
+        from ..passes.base import Artifact
+        from ..passes.registry import pass_specs
+
+        model = self.output_dir / "model"
+        if not result.passes or not model.is_dir() or self.config is None:
+            return None
+        kind, base = pass_specs()[result.passes[-1].type].gives, None
+        adapters = [f / "adapter_config.json" for f in (model, self.output_dir / "adapter")
+                    if (f / "adapter_config.json").is_file()]
+        if adapters:
+            try:
+                resolved = resolve_model(self.config.input_model, self.cache_dir)
+            except TunecellError as e:
+                self.bus.log(f"the downloaded adapter's base model is not on this machine ({e}): load it on AzureML, "
+                             "or give input_model a local copy", "warning")
+                return None
+            for settings in adapters:
+                point_at_base(settings, resolved.path)
+            if kind == "adapter":
+                base = Artifact("hf", resolved.path, resolved.identity)
+        return Artifact(kind, model, f"AzureML job {self.job_name}", base).to_dict()
 
     def _source(self) -> str:
         return f"AzureML job {self.job_name}" + (f" ({self.studio_url})" if self.studio_url else "")
@@ -383,7 +417,7 @@ def find_record(run_id: str, cache_dir: Path) -> Optional[dict[str, Any]]:
     return merged
 
 
-def reconnect(run_id: str, cache_dir: Any = ".tunecell/cache", *, subscribers: Iterable[Subscriber] = (),
+def reconnect(run_id: str, cache_dir: Any = schema.DEFAULT_CACHE_DIR, *, subscribers: Iterable[Subscriber] = (),
               credential: Any = None, client: Any = None, **client_kwargs: Any) -> AzureMLRun:
     """A handle on a recorded AzureML run (this kernel's or an earlier one's): follow(), cancel(), fetch_logs()."""
     cache_dir = Path(cache_dir)
@@ -403,7 +437,7 @@ def reconnect(run_id: str, cache_dir: Any = ".tunecell/cache", *, subscribers: I
                       cache_dir=cache_dir, studio_url=record.get("studio_url"), bus=bus)
 
 
-def cancel(run: Any, cache_dir: Any = ".tunecell/cache", **kwargs: Any) -> AzureMLRun:
+def cancel(run: Any, cache_dir: Any = schema.DEFAULT_CACHE_DIR, **kwargs: Any) -> AzureMLRun:
     """Cancel an AzureML run: a handle, or a recorded run id (then ``kwargs`` go to reconnect)."""
     handle = run if isinstance(run, AzureMLRun) else reconnect(str(run), cache_dir, **kwargs)
     handle.cancel()

@@ -128,7 +128,8 @@ def export_config(config: schema.WorkflowConfig, path: Union[str, os.PathLike]) 
         data, notes = olive_dict(config)
         text = json.dumps(data, indent=2) + "\n"
     elif path.suffix in (".yaml", ".yml"):
-        text = yaml.safe_dump(minimal_dict(config), sort_keys=False, allow_unicode=True)
+        data = _rebased(minimal_dict(config), config, path.parent.absolute())
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     else:
         raise ValueError(f"export to .yaml (tunecell, runs the same) or .json (Olive 0.13), "
                          f"not {path.suffix or 'no suffix'}")
@@ -137,3 +138,37 @@ def export_config(config: schema.WorkflowConfig, path: Union[str, os.PathLike]) 
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return notes
+
+
+def _rebased(data: dict[str, Any], config: schema.WorkflowConfig, folder: Path) -> dict[str, Any]:
+    """Relative paths rewritten to start at ``folder``, where the file goes (a config's relative paths start at its
+    own folder), so that it loads there to the same files, cache and output folders."""
+    def moved(value: Any, only_if_there: bool = False) -> Any:
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, dict):  # data_files per split; an AzureML datastore is a dict of other keys
+            return {k: moved(v) for k, v in value.items()} if "datastore_name" not in value else value
+        if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
+            return value
+        here = config.resolve(value)
+        return os.path.relpath(here, folder) if here.exists() or not only_if_there else value
+
+    for key in ("cache_dir", "output_dir"):  # their defaults are relative too
+        data[key] = moved(getattr(config, key))
+    model = data["input_model"]
+    for key in ("model_path", "adapter_path"):  # a hub name stays one
+        if key in model:
+            model[key] = moved(model[key], only_if_there=True)
+    for dc in data.get("data_configs", []):
+        load = dc.get("load_dataset_config", {})
+        if "data_files" in load:
+            load["data_files"] = moved(load["data_files"])
+        if "data_name" in load:  # a folder, or a builder's name (json)
+            load["data_name"] = moved(load["data_name"], only_if_there=True)
+    for system in data.get("systems", {}).values():
+        docker = system.get("aml_docker_config") or {}
+        if "conda_file_path" in docker:
+            docker["conda_file_path"] = moved(docker["conda_file_path"])
+    if "aml_config_path" in (data.get("azureml_client") or {}):
+        data["azureml_client"]["aml_config_path"] = moved(data["azureml_client"]["aml_config_path"])
+    return data

@@ -154,7 +154,8 @@ def _placed_at_override(error: ConfigError, overrides: Iterable[str]) -> ConfigE
     for item in overrides:
         key = tuple(item.partition("=")[0].strip().split("."))
         if tuple(map(str, error.path[:len(key)])) == key:
-            return ConfigError(f"{error.message} (from the override {item})", path=error.path, hint=error.hint)
+            shown = item if "hf_token" not in error.path else f"{item.partition('=')[0]}=..."  # a token is not echoed
+            return ConfigError(f"{error.message} (from the override {shown})", path=error.path, hint=error.hint)
     return error
 
 

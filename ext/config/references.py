@@ -1,10 +1,14 @@
 """Checks across sections: names that must exist, passes that must chain, settings that cannot run together."""
 from __future__ import annotations
 
+import re
 import string
 
 from ..errors import ConfigError
 from . import schema
+
+_VAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
+
 
 def template_fields(template: str) -> list[str]:
     return [field for _, field, _, _ in string.Formatter().parse(template) if field]
@@ -20,6 +24,9 @@ def check(config: schema.WorkflowConfig) -> None:
         if name is not None and name not in config.systems:
             raise ConfigError(f"{key} names system {name!r}, which is not in systems",
                               path=(key,), hint=_known("systems", config.systems))
+    for name, system in config.systems.items():  # every system: one not used by this run is still exported
+        if isinstance(system, schema.AzureMLSystem):
+            _check_vault_name(system, name)
     _check_chain(config, data_names)
     _check_evaluation(config, data_names)
     if isinstance(config.input_model.model_path, schema.AzureMLRegistryModel) and \
@@ -108,6 +115,14 @@ def _check_evaluation(config: schema.WorkflowConfig, data_names: list[str]) -> N
                                       f"{pass_name!r} trains on", path=path + ("data_config",),
                                       hint=f"set passes.{pass_name}.eval_dataset_size (e.g. 0.2) to hold rows out, "
                                            "or name a separate data config")
+
+
+def _check_vault_name(aml: schema.AzureMLSystem, system: str) -> None:
+    """hf_token is true or a Key Vault's name. Anything else (a token pasted by mistake) is refused, unechoed."""
+    if isinstance(aml.hf_token, str) and not _VAULT_NAME.match(aml.hf_token):
+        raise ConfigError("hf_token is true (the workspace's Key Vault) or the name of a Key Vault holding the secret "
+                          "hf-token; this value is neither (it is not shown: if it is a token, remove it from the "
+                          "config and revoke it)", path=("systems", system, "hf_token"))
 
 
 def _known(what: str, names) -> str:

@@ -334,6 +334,9 @@ class AzureMLClient(Model):
 
 
 # -------------------------------------------------------------------------------------------- workflow
+DEFAULT_CACHE_DIR = ".tunecell/cache"  # relative: next to the config file (a notebook's: its folder)
+
+
 class SearchStrategy(Model):
     execution_order: Literal["joint", "pass-by-pass"] = "joint"
     sampler: Literal["sequential", "random"] = "sequential"
@@ -358,7 +361,7 @@ class WorkflowConfig(Model):
     target: Optional[str] = None
     search_strategy: Optional[SearchStrategy] = None
     clean_cache: bool = False
-    cache_dir: str = ".tunecell/cache"
+    cache_dir: str = DEFAULT_CACHE_DIR
     output_dir: str = "models/output"
     log_severity_level: int = Field(1, ge=0, le=4)
 

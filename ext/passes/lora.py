@@ -24,7 +24,6 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     from ..data import build_training_data
     from ..data.collate import for_model
 
-    _check_choices(cfg, ctx.name)
     seed = cfg.training_args.seed
     transformers.set_seed(seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source.path)
@@ -88,9 +87,9 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     }
 
 
-def _check_choices(cfg: schema.LoRA, pass_name: str) -> None:
-    """training_args that transformers takes from a list of names: a misspelt one fails here, before the model
-    loads, with the closest name (transformers' own error lists all forty optimizers)."""
+def check_choices(cfg: schema.LoRA, pass_name: str) -> None:
+    """training_args that transformers takes from a list of names: a misspelt one fails before a run does any work,
+    with the closest name (transformers' own error lists all forty optimizers). Not at load: it imports torch."""
     import difflib
 
     from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..config import load_config, schema
-from ..errors import PassFailed, TunecellError
+from ..errors import ConfigError, PassFailed, TunecellError
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
 from ..memory import release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
@@ -50,8 +50,8 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
         from .progress import TextProgress
 
         bus.subscribe(TextProgress())
-    if start_from is not None and only is None:
-        only = {name for name in config.passes if name not in {p.name for p in start_from.passes}}
+    if only is None:
+        only = remaining_passes(config, start_from)
     stop = stop or threading.Event()
     if config.search_space:
         from .search import run_search
@@ -61,6 +61,26 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
         manifest.publish_search(config, result)
         return result
     return LocalRun(config, make_plan(config, only), bus, stop, start_from).execute()
+
+
+def remaining_passes(config: schema.WorkflowConfig, start_from: Optional[RunResult]) -> Optional[set[str]]:
+    """The passes of ``config`` that a run from ``start_from`` runs: those that run did not (None: all of them).
+    One it ran with other settings, or none left, is a ConfigError: the earlier run's model would be taken for
+    what this config asks."""
+    if start_from is None:
+        return None
+    ran = {p.name for p in start_from.passes}
+    earlier = start_from.config.passes if start_from.config is not None else {}
+    for name in sorted(ran & set(config.passes) & set(earlier)):
+        if config.passes[name] != earlier[name]:
+            raise ConfigError(f"pass {name!r} already ran in run {start_from.run_id} with other settings, and --from "
+                              "starts from that run's model", path=("passes", name),
+                              hint="rerun the earlier run's cell with the change, or give this pass a new name")
+    left = {name for name in config.passes if name not in ran}
+    if not left:
+        raise ConfigError(f"run {start_from.run_id} already ran every pass of this config: nothing to run",
+                          path=("passes",), hint="add the passes to run after it (ModelBuilder ...)")
+    return left
 
 
 class LocalRun:
@@ -91,6 +111,7 @@ class LocalRun:
                     self.cache.clear()
                 artifact = self._input()
                 self.data_hashes = self._data_hashes()
+                self._check_settings(artifact)
                 self.bus.emit(RunStarted(self.run_id, [[s.name, s.type] for s in self.plan.steps],
                                          self.config_hash, self.model_source))
                 self.bus.log(f"input model: {self.model_source}")  # after RunStarted: every event is in a run
@@ -124,6 +145,18 @@ class LocalRun:
         return result
 
     # ------------------------------------------------------------------------------------------ steps
+    def _check_settings(self, source: Artifact) -> None:
+        """What only transformers can judge (a misspelt optimizer name), for each LoRA pass this run will train:
+        before any work, the input model's evaluation included. Not for a cached pass: a fully cached run imports
+        no torch. A pass's key is its output's identity, so the keys chain without running anything."""
+        from ..passes.lora import check_choices
+
+        identity = source.identity
+        for step in self.plan.steps:
+            identity, settings = self._key(step, identity), self.config.passes[step.name]
+            if isinstance(settings, schema.LoRA) and not self.cache.entry(step.name, identity).complete:
+                check_choices(settings, step.name)
+
     def _input(self) -> Artifact:
         if self.start_from is not None:
             if self.start_from.final is None:
@@ -146,11 +179,11 @@ class LocalRun:
             hashes[dc.name] = "azureml" if is_azureml(files) else data_hash(dc, self.config.base_dir)
         return hashes
 
-    def _key(self, step, source: Artifact) -> str:
+    def _key(self, step, source_identity: str) -> str:
         cfg = self.config.passes[step.name]
         data = [getattr(cfg, k) for k in ("train_data_config", "eval_data_config") if getattr(cfg, k, None)]
         return digest({
-            "input": source.identity, "type": step.type, "settings": step.settings,
+            "input": source_identity, "type": step.type, "settings": step.settings,
             "data": {name: [self.data_hashes[name],
                             self.config.data_config(name).model_dump(mode="json", exclude={"name"})]
                      for name in data},
@@ -158,7 +191,7 @@ class LocalRun:
         })
 
     def _run_step(self, index: int, step, source: Artifact) -> Artifact:
-        key = self._key(step, source)
+        key = self._key(step, source.identity)
         entry = self.cache.entry(step.name, key)
         self.bus.emit(PassStarted(step.name, step.type, index, len(self.plan.steps)))
         started = time.perf_counter()

@@ -45,8 +45,8 @@ def write(run: "LocalRun", result: "RunResult") -> Path:
     out = config.resolve(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
-    if result.status != "succeeded":
-        # this run published nothing: keep the record of the run whose model/ and adapter/ are still there
+    if not _published_its_model(data):
+        # keep the record of the run whose model/ and adapter/ are still there
         data["published"] = _published(path)
     tmp = out / f".manifest.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -63,10 +63,15 @@ def read(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) and "status" in data else None
 
 
+def _published_its_model(data: dict) -> bool:
+    """A run publishes its model when it went through: it succeeded, or it only missed a goal."""
+    return data.get("status") == "succeeded" or bool(data.get("failed_goals"))
+
+
 def _published(path: Path) -> Optional[dict]:
     """The manifest of the run that published what output_dir holds, read from the manifest there now."""
     previous = read(path) or {}
-    return previous if previous.get("status") == "succeeded" else previous.get("published")
+    return previous if _published_its_model(previous) else previous.get("published")
 
 
 def _seed(config) -> Optional[int]:

@@ -1,15 +1,22 @@
 """What a run checks on this machine before any work, and `tunecell validate` with it: the data files it reads
-are there, and output_dir may be written (runner/output_dir.py). An AzureML run reads its data there."""
+are there (an AzureML run reads its data there), the workspace file an AzureML run names is, and output_dir may be
+written (runner/output_dir.py)."""
 from __future__ import annotations
 
 from ..config import schema
 from ..data.files import resolve_source
+from ..errors import ConfigError
 from . import output_dir
 
 
 def check(config: schema.WorkflowConfig, *, remote: bool) -> None:
     output_dir.check(config.resolve(config.output_dir))
     if remote:
+        client = config.azureml_client
+        if client is not None and client.aml_config_path and not config.resolve(client.aml_config_path).exists():
+            raise ConfigError(f"{config.resolve(client.aml_config_path)} does not exist",
+                              path=("azureml_client", "aml_config_path"),
+                              hint="the config.json downloaded from the workspace's page in the Azure portal")
         return
     for data in config.data_configs:
         resolve_source(data, config.base_dir)  # DataError: a file that is not there, a glob matching nothing
