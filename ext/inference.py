@@ -113,8 +113,8 @@ class LoadedModel:
 def check_room(prompt_tokens: int, new_tokens: int, context: int) -> None:
     """A request that cannot fit the model's context is refused: cut short, it would time fewer tokens."""
     if prompt_tokens + new_tokens > context:
-        raise ValueError(f"the prompt is {prompt_tokens} tokens and {new_tokens} new ones must follow it; the model's "
-                         f"context holds {context}")
+        raise ValueError(f"the prompt is {prompt_tokens} tokens and {new_tokens} new "
+                         f"{'ones' if new_tokens > 1 else 'one'} must follow it; the model's context holds {context}")
 
 
 def session_threads(model_config: dict) -> Optional[int]:
@@ -241,8 +241,10 @@ class HfModel(LoadedModel):
         start = time.perf_counter()
         inputs = self._tokenizer(prompt, return_tensors="pt")
         context = getattr(self._model.config, "max_position_embeddings", None)
-        if fixed_length and context:
-            check_room(inputs["input_ids"].shape[1], max_new_tokens, context)
+        if context:  # as onnxruntime-genai: generation stops at the end of the context (past it: garbage)
+            prompt_tokens = inputs["input_ids"].shape[1]
+            check_room(prompt_tokens, max_new_tokens if fixed_length else 1, context)
+            max_new_tokens = min(max_new_tokens, context - prompt_tokens)
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                           eos_token_id=self._eos, pad_token_id=self._pad,

@@ -738,7 +738,7 @@ def test_generate_from_an_output_folder_and_its_short_errors(ip: InteractiveShel
         assert f"--max-new-tokens {n}: give 1 or more" in short_usage_error(
             *run(ip, f"%%generate --model ft --max-new-tokens {n}", "hello"))
     message = short_usage_error(*run(ip, "%%generate --model opt", "word " * 600))  # int4 ONNX: 512 positions
-    assert re.match(r"the prompt is \d+ tokens and 1 new ones must follow it; the model's context holds 512", message)
+    assert re.match(r"the prompt is \d+ tokens and 1 new one must follow it; the model's context holds 512", message)
 
 
 # ======================================================================================== stop and resume

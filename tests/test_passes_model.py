@@ -120,15 +120,17 @@ def test_latency_and_throughput_time_max_new_tokens_even_when_the_model_ends_soo
 
 @pytest.mark.parametrize("kind", ["hf", "onnx"])
 def test_a_fixed_length_request_that_does_not_fit_the_context_is_refused(merged, onnx_models, kind):
-    """Cut short at the end of the context, such a request would time fewer tokens than the others."""
+    """Cut short at the end of the context, such a request would time fewer tokens than the others. Plain
+    generation stops at the end of the context on both backends (past it, a PyTorch model writes garbage)."""
     from transformers import AutoConfig, AutoTokenizer
 
     model = load_model(merged if kind == "hf" else onnx_models["int4"])
     context = AutoConfig.from_pretrained(merged).max_position_embeddings
     tokenizer = AutoTokenizer.from_pretrained(merged)
     prompt = tokenizer.decode(tokenizer(" ".join(["hello"] * context)).input_ids[:context - 4])
-    if kind == "onnx":  # onnxruntime-genai stops at the end of the context
-        assert model.generate_with_stats(prompt, 16)[1] <= 4
+    assert model.generate_with_stats(prompt, 16)[1] <= 4
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens and 1 new one must follow it"):
+        model.generate_with_stats(prompt + " hello" * 8, 16)  # no room for one token
     with pytest.raises(ValueError, match=r"and 16 new ones must follow it; the model's context holds"):
         model.generate_with_stats(prompt, 16, fixed_length=True)
 
