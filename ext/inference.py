@@ -110,10 +110,14 @@ class LoadedModel:
         return f"<{type(self).__name__} {self.kind} {self.path}>"
 
 
+class ContextFull(ValueError):
+    """A generation request that does not fit the model's context."""
+
+
 def check_room(prompt_tokens: int, new_tokens: int, context: int) -> None:
     """A request that cannot fit the model's context is refused: cut short, it would time fewer tokens."""
     if prompt_tokens + new_tokens > context:
-        raise ValueError(f"the prompt is {prompt_tokens} tokens and {new_tokens} new "
+        raise ContextFull(f"the prompt is {prompt_tokens} tokens and {new_tokens} new "
                          f"{'ones' if new_tokens > 1 else 'one'} must follow it; the model's context holds {context}")
 
 

@@ -121,7 +121,7 @@ class TuneCell(Magics):
     def __init__(self, shell: Any):
         super().__init__(shell)
         self.runs: dict[str, Any] = {}  # run id -> RunResult or BackgroundRun, this session
-        self._models: dict[str, Any] = {}
+        self._models: dict[Path, tuple[tuple, Any]] = {}  # folder -> (its files' state when loaded, the model)
 
     # ------------------------------------------------------------------------------------- cell magics
     @no_var_expand
@@ -147,6 +147,8 @@ class TuneCell(Magics):
     @cell_magic
     def generate(self, line: str, cell: str) -> None:
         """Each line of the body is a prompt; prints the model's answer and its speed."""
+        from tunecell.inference import ContextFull
+
         args = parse_argstring(self.generate, line)
         if args.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give 1 or more")
@@ -155,7 +157,7 @@ class TuneCell(Magics):
             prompt = prompt.replace("\\n", "\n")  # a written \n is a newline (unicode_escape would garble non-ASCII)
             try:
                 text, tokens, seconds = model.generate_with_stats(prompt, args.max_new_tokens)
-            except ValueError as e:  # the prompt does not fit the model's context (tunecell.inference.check_room)
+            except ContextFull as e:
                 raise UsageError(str(e)) from None
             rate = f"{tokens / seconds:.1f} tokens/s" if seconds > 0 else ""
             print(f">>> {prompt}\n{text.strip()}\n    ({tokens} tokens, {rate})")
@@ -203,13 +205,7 @@ class TuneCell(Magics):
                 print(self._describe(config, args.from_, start_from))
                 return None
             if args.preview:
-                from tunecell.widgets import preview
-
-                # Given the cell text as it is, "Write config" keeps its comments and layout; the new cell goes below.
-                source = cell if cell.strip() and not (args.file or args.from_ or args.set) else config
-                head = f"%%{magic.__name__} {_written_line(line)}".rstrip()
-                return preview(source, namespace=self.shell.user_ns, base_dir=config.base_dir,
-                               on_write=lambda text: self.shell.set_next_input(f"{head}\n{text}"))
+                return self._preview(magic.__name__, line, cell, args, config)
             return self._run(config, args, start_from)
         except PassFailed as e:
             if e.result is not None:
@@ -263,6 +259,29 @@ class TuneCell(Magics):
         if self.cache_dir and "cache_dir" not in config.model_fields_set:
             config.cache_dir = self.cache_dir
         return config, start_from
+
+    def _preview(self, magic: str, line: str, cell: str, args: Any, config: Any) -> Any:
+        """The preview; its "Write config" adds a cell below with the config it wrote (as the form's Apply, later
+        clicks are written when this cell runs again: see widgets/form.py write_cell)."""
+        from tunecell.widgets import preview
+        from tunecell.widgets.form import request_id, take_held, write_cell
+
+        key = f"{line}\n{cell}"
+        held = take_held(self.shell, key)
+        if held is not None:
+            self.shell.set_next_input(held)
+            print("the cell below holds the config written from the preview: run it to start the workflow")
+            return None
+        # Given the cell text as it is, "Write config" keeps its comments and layout.
+        source = cell if cell.strip() and not (args.file or args.from_ or args.set) else config
+        head, origin = f"%%{magic} {_written_line(line)}".rstrip(), request_id(self.shell)
+
+        def write(text: str) -> Optional[str]:
+            if write_cell(self.shell, key, f"{head}\n{text}", origin, replace=False):
+                return None
+            return "run this cell again to add a cell with this config below it"
+
+        return preview(source, namespace=self.shell.user_ns, base_dir=config.base_dir, on_write=write)
 
     def _describe(self, config: Any, name: Optional[str], start_from: Any) -> str:
         """The plan of what a run would do: from --from NAME, only the passes that NAME's run did not."""
@@ -382,6 +401,8 @@ class TuneCell(Magics):
                 raise UsageError(f"run {value.run_id} produced no model")
         elif hasattr(value, "generate_with_stats"):
             return value
+        elif name is None:  # the session's last run is an AzureML job's handle
+            raise UsageError(f"{value!r} is not a run result: give --model")
         else:
             path = name
         path = Path(path)
@@ -405,7 +426,7 @@ class TuneCell(Magics):
         for run_id, value in self.runs.items():
             print(f"{run_id}: {value.status}")
 
-    def _cmd_runs(self, cache_dir: Optional[str] = None) -> None:
+    def _cmd_runs(self, *, cache_dir: Optional[str] = None) -> None:
         from tunecell.runner.history import recorded_runs
 
         found: dict[str, dict[str, Any]] = {}
@@ -419,7 +440,7 @@ class TuneCell(Magics):
             where = f"AzureML job {record.get('studio_url') or ''}" if record.get("backend") == "azureml" else ""
             print(f"{record['run_id']}: {record['status']}  {record.get('manifest') or where}".rstrip())
 
-    def _cmd_cancel(self, run_id: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+    def _cmd_cancel(self, run_id: Optional[str] = None, *, cache_dir: Optional[str] = None) -> None:
         value = self._run_or_job(run_id, cache_dir)
         if hasattr(value, "job_name"):  # an AzureML job
             value.cancel()
@@ -430,12 +451,12 @@ class TuneCell(Magics):
         value.cancel()
         print(f"cancelling {value.id}: it stops at the next step")
 
-    def _cmd_logs(self, run_id: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+    def _cmd_logs(self, run_id: Optional[str] = None, *, cache_dir: Optional[str] = None) -> None:
         value = self._run_or_job(run_id, cache_dir)
         lines = value.fetch_logs() if hasattr(value, "fetch_logs") else value.logs
         print("\n".join(lines) or "(no log lines)")
 
-    def _cmd_follow(self, run_id: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+    def _cmd_follow(self, run_id: Optional[str] = None, *, cache_dir: Optional[str] = None) -> None:
         value = self._run_or_job(run_id, cache_dir)
         if not hasattr(value, "follow"):
             raise UsageError(f"run {value.run_id} is not an AzureML job left to follow ({value.status})")
@@ -474,18 +495,21 @@ class TuneCell(Magics):
             value = value.wait()
         _export(value.config, file or run_or_file)
 
-    def _cmd_cache(self, action: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+    def _cmd_cache(self, action: Optional[str] = None, *, cache_dir: Optional[str] = None) -> None:
         import shutil
 
         if action not in (None, "clear"):
             raise UsageError(_usage("cache"))
-        for root in self._cache_dirs(cache_dir):
-            if action == "clear":
-                shutil.rmtree(root, ignore_errors=True)
-                print(f"cleared {root}")
-            else:
-                size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
-                print(f"{root}: {size / 1e6:.1f} MB")
+        folders = self._cache_dirs(cache_dir)
+        if action == "clear":  # one folder: another may hold the record of an AzureML job still running
+            shutil.rmtree(folders[0], ignore_errors=True)
+            print(f"cleared {folders[0]}")
+            for other in folders[1:]:
+                print(f"kept {other} (%tunecell cache clear --cache-dir {other})")
+            return
+        for root in folders:
+            size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+            print(f"{root}: {size / 1e6:.1f} MB")
 
     def _cmd_passes(self) -> None:
         from tunecell.passes.registry import describe_passes, refresh

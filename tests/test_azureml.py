@@ -3,6 +3,7 @@ in-process fake of tests/fake_azureml.py. No Azure account, no network beyond 12
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -298,14 +299,15 @@ def test_a_hub_model_is_sent_from_this_machine_or_refused(work):
 
 @pytest.mark.parametrize("override", [f"systems.aml.hf_token={TOKEN}",  # the system the run uses
                                       f"systems.spare={{type: AzureML, aml_compute: big, hf_token: {TOKEN}}}",
+                                      f"systems.spare={{type: AzureML, hf_token: {TOKEN}}}",  # aml_compute missing
                                       f"host=null"])
 def test_a_token_pasted_as_hf_token_is_refused_at_load_unechoed(work, override):
     """In any AzureML system, used or not (the config travels with a job, and a local run's manifest holds it)."""
     overrides = [override] if override != "host=null" else [override, "target=null", f"systems.aml.hf_token={TOKEN}"]
-    with pytest.raises(ConfigError, match="hf_token is true") as e:
+    with pytest.raises(ConfigError, match="hf_token is true|'aml_compute' is required") as e:
         load_config(work / "tones.yaml", overrides=overrides)
     assert TOKEN not in str(e.value)
-    assert e.value.path[-1] == "hf_token"
+    assert e.value.path[-1] in ("hf_token", "aml_compute")
 
 
 def test_importing_tunecell_azureml_and_the_remote_bootstrap_stays_light():
@@ -433,20 +435,28 @@ def test_missed_goals_fail_the_job_but_publish_the_model_as_locally(config, fake
     output_dir.check(work / "out")  # what a job left there, the next run may replace
 
 
-@pytest.mark.parametrize("passes", ["lora", "lora+merge"])
+@pytest.mark.parametrize("passes", ["lora", "lora+merge", "lora+merge, base gone"])
 def test_a_downloaded_model_is_where_from_starts_and_its_adapter_loads_here(config, fake, ml, work, passes):
     """The job's adapter names its base by the compute's mount path; downloaded, it names this machine's copy."""
     from tunecell.azureml import submit
     from tunecell.passes.base import Artifact
 
     on_compute = {"base_model_name_or_path": "/mnt/azureml/cr/j/abc/cap/data-capability/wd/INPUT_model", "r": 4}
-    outputs = manifest() if passes == "lora+merge" else manifest(failed=None) | {"passes": manifest()["passes"][:1]}
+    outputs = manifest() if passes != "lora" else manifest(failed=None) | {"passes": manifest()["passes"][:1]}
     script_job(fake, outputs=outputs)
     fake.outputs["adapter/adapter_config.json"] = json.dumps(on_compute).encode()
     if passes == "lora":  # an adapter-only run publishes the adapter as its model too
         fake.outputs["model/adapter_config.json"] = json.dumps(on_compute).encode()
-    result = submit(config, client=ml, progress="none").follow()
+    handle = submit(config, client=ml, progress="none")
+    if passes == "lora+merge, base gone":
+        shutil.rmtree(work / "model")  # sent with the job, then deleted here
+    result = handle.follow()
     assert result.status == "succeeded"
+    if passes == "lora+merge, base gone":  # the merged model needs no base: --from still starts at it
+        assert json.loads((work / "out" / "adapter" / "adapter_config.json").read_text()) == on_compute
+        assert any("names its base model by its path on AzureML" in line for line in result.logs)
+        assert Artifact.from_dict(result.final).kind == "hf"
+        return
     for folder in ("adapter", "model") if passes == "lora" else ("adapter",):
         written = json.loads((work / "out" / folder / "adapter_config.json").read_text())
         assert written == on_compute | {"base_model_name_or_path": str(work / "model")}

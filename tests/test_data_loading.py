@@ -51,6 +51,14 @@ def test_json_array_csv_parquet_and_text(tmp_path):
     assert rows.to_list() == [{"text": "first line"}, {"text": "second line"}]
 
 
+def test_a_file_of_one_object_is_one_row(tmp_path):
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    for name, row, pre in (("one.jsonl", TONE_ROWS[0], {}), ("one.json", TONE_ROWS[0], {}),
+                           ("chat.jsonl", chat, {"use_chat_template": True})):
+        (tmp_path / name).write_text(json.dumps(row) + "\n", encoding="utf-8")
+        assert load_rows(data_config(str(tmp_path / name), **pre)).to_list() == [row], name
+
+
 def test_csv_values_stay_text(tmp_path):
     (tmp_path / "a.csv").write_text("phrase,tone\n007 is here,1\n", encoding="utf-8")
     rows = load_rows(data_config(str(tmp_path / "a.csv"), data_name="csv"))

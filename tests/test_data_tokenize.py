@@ -71,6 +71,14 @@ def test_chat_template_rows(word_tokenizer, row):
     assert labels == [IGNORE_INDEX] * 6 + ids[6:]
 
 
+def test_a_conversation_item_that_is_not_a_message_names_its_row_and_place(word_tokenizer):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"messages": [{"role": "user", "content": "hi"}, None]}]
+    with pytest.raises(DataError, match=r"column 'messages': row index 1 .*: messages item 2 is null, not a message") as e:
+        tokenize(rows, pre(use_chat_template=True, strategy="line-by-line"), word_tokenizer)
+    assert e.value.hint.startswith("each message is an object")
+
+
 def test_chat_without_a_tokenizer_fails():
     with pytest.raises(DataError, match="needs the model's tokenizer"):
         render({"user": "a", "assistant": "b"}, pre(use_chat_template=True))

@@ -464,6 +464,32 @@ def test_preview_applies_set_and_writes_a_cell_that_runs(ip: InteractiveShell, t
     assert tunecell.load_config(text).data_configs[0].pre_process_data_config.max_seq_len == 32
 
 
+def test_preview_write_clicked_after_the_cell_ran_waits_for_that_cell(ip: InteractiveShell, tiny_model: Path, paths,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """In Jupyter the click is a comm message: a set_next_input payload would ride on the reply of whichever cell
+    runs next, and the config land below that one. As the form's Apply, it waits for the preview's own cell."""
+    written: list[tuple[str, bool]] = []
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: written.append((text, replace)))
+
+    class Kernel:
+        header = {"msg_type": "execute_request", "msg_id": "run-1"}
+
+        def get_parent(self, channel: str = "shell") -> dict:
+            return {"header": dict(self.header)}
+
+    kernel = Kernel()
+    monkeypatch.setattr(ip, "kernel", kernel, raising=False)
+    body = workflow(tiny_model, paths["out"] / "preview-later")
+    shown = run(ip, "%%finetune --preview", body)[0].result
+    kernel.header = {"msg_type": "comm_msg", "msg_id": "click-1"}  # Write config, clicked later
+    shown.buttons["write"].click()
+    assert written == [] and "run this cell again" in shown.config_box.value
+    kernel.header = {"msg_type": "execute_request", "msg_id": "run-2"}
+    result, captured = run(ip, "%%finetune --preview", body)  # the preview's cell, run again
+    assert written == [(f"%%finetune\n{shown.config_text}", False)]  # a new cell below it
+    assert "the cell below holds the config" in captured.stdout
+
+
 def test_magic_line_is_not_brace_expanded(ip: InteractiveShell, main_cell: str, paths) -> None:
     ip.user_ns.update(lora_rank=4, x="EXPANDED")
     folder = paths["root"] / "literal"
@@ -880,9 +906,13 @@ def test_tunecell_without_runs(ip: InteractiveShell, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("line", ["%tunecell", "%tunecell bogus", "%tunecell cache bogus", "%tunecell export",
                                   "%tunecell status now", "%tunecell export ft a.yaml b.yaml", "%tunecell logs 'ft",
                                   "%tunecell version --cache-dir x", "%tunecell runs --cache-dir",
-                                  "%tunecell logs --bogus"])
-def test_tunecell_usage_errors(ip: InteractiveShell, ft: RunResult, line: str) -> None:
+                                  "%tunecell logs --bogus", "%tunecell cache clear victim", "%tunecell runs victim"])
+def test_tunecell_usage_errors(ip: InteractiveShell, ft: RunResult, line: str, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "victim").mkdir()  # an extra word is not a folder to clear
     assert "usage: %tunecell" in short_usage_error(*run(ip, line))
+    assert (tmp_path / "victim").is_dir()
 
 
 def test_tunecell_passes_lists_the_pass_types(ip: InteractiveShell) -> None:

@@ -44,3 +44,7 @@ def test_a_job_left_running_is_followed_from_the_cache_folder_of_its_config(fake
     assert f"{job}: succeeded  {work / 'out' / 'manifest.json'}" in capsys.readouterr().out
     restarted.tunecell(f"logs {job} --cache-dir cache")
     assert capsys.readouterr().out.startswith(f"AzureML job {job}: Completed")
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=rf"<AzureML job {job}: .*> is not a run result: give --model"):
+        restarted.generate("", "hello")  # the session's last run is the job's handle

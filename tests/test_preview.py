@@ -191,6 +191,17 @@ def test_stats_over_a_sample_say_so(tmp_path, word_tokenizer):
         1 for i in range(50) if 11 + 1 + i % 7 > 14)
 
 
+def test_stats_over_a_sample_estimate_the_training_rows_whatever_the_split(tmp_path, word_tokenizer):
+    rows = [{"phrase": f"phrase {i}", "tone": "Joy"} for i in range(600)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    # a sample as large as the held-out split: drawn as the split is, every sampled row would be held out
+    explorer = DataExplorer(data_config(str(path), strategy="line-by-line", max_seq_len=64), word_tokenizer,
+                            eval_dataset_size=0.5, stats_sample=300)
+    stats = explorer.stats()
+    assert not stats.exact and stats.train_rows == 300
+    assert 250 <= stats.sequences <= 350  # every training row is one sequence
+
+
 def test_chat_config_disables_the_template_box(tmp_path, word_tokenizer):
     path = write_jsonl(tmp_path / "chat.jsonl", [{"user": "hello there", "assistant": "hi"}] * 2)
     w = preview(data_config(str(path), use_chat_template=True, train_on_prompt=False, strategy="line-by-line"),

@@ -103,6 +103,17 @@ def test_random_sampler_with_max_samples_tries_that_many(tiny_model, tmp_path):
     assert len(result.candidates) == 2
 
 
+def test_a_candidate_with_a_misspelt_training_choice_is_ranked_last_and_the_search_goes_on(tiny_model, tmp_path):
+    text = SEARCH.format(model=tiny_model, data=DATA, tmp=tmp_path).replace(
+        "mb: {type: ModelBuilder, precision: [int4, fp32], int4_block_size: [32, 64]}",
+        "mb: {type: ModelBuilder, precision: int4}").replace(
+        "per_device_train_batch_size: 8}", "per_device_train_batch_size: 8, lr_scheduler_type: [cosien, constant]}")
+    result = tunecell.run(text, progress="none")
+    assert [c["label"] for c in sorted(result.candidates, key=lambda c: c["rank"])][-1].endswith("cosien")
+    assert result.candidates[0]["status"] == "failed" and result.candidates[1]["status"] == "succeeded"
+    assert any("candidate 1 failed" in line and "did you mean 'cosine'?" in line for line in result.logs)
+
+
 @pytest.mark.parametrize("edit, message, path", [
     (("search_strategy: {execution_order: joint, sampler: sequential, output_model_num: 2}", ""),
      "need a search_strategy", ("passes", "mb", "precision")),

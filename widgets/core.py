@@ -96,7 +96,8 @@ def preview(config_or_text: Any, tokenizer: Any = None, data_config: Optional[st
     config_or_text: a WorkflowConfig, a DataConfig, config text or a config file. tokenizer: a tokenizer object, a
     model folder or name, or None for the config's input_model (tokenizer files only, never the weights).
     data_config: the data config's name (default: the LoRA pass's train_data_config, else the first one).
-    on_write(text) is called with the new config text when "Write config" is clicked.
+    on_write(text) is called with the new config text when "Write config" is clicked; a text it returns is shown
+    beside the new config (what to do next).
     Returns a PreviewWidget, or a StaticPreview when widget=False or ipywidgets is missing.
     """
     target = resolve_target(config_or_text, data_config, namespace, base_dir)

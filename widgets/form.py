@@ -1233,26 +1233,27 @@ def _parent(shell: Any) -> Optional[dict]:
         return None
 
 
-def _request_id(shell: Any) -> Optional[str]:
+def request_id(shell: Any) -> Optional[str]:
     """The id of the execute request running now, or None (a widget callback is a comm message)."""
     header = (_parent(shell) or {}).get("header", {})
     return header.get("msg_id") if header.get("msg_type") == "execute_request" else None
 
 
-def write_cell(shell: Any, key: str, text: str, origin: Optional[str] = None) -> bool:
+def write_cell(shell: Any, key: str, text: str, origin: Optional[str] = None, replace: bool = True) -> bool:
     """Replace the cell that showed the form (``key``: its text; ``origin``: the execute request that ran it) with
-    ``text``: at once while that cell is executing (or outside a kernel), else when that cell is run again.
-    Jupyter delivers a set_next_input payload with the reply of the next executed cell: written from a button's
-    callback, or while another cell runs, it would replace that other cell. Returns True when written now."""
-    if _parent(shell) is None or (origin is not None and _request_id(shell) == origin):
-        shell.set_next_input(text, replace=True)
+    ``text`` (or, ``replace`` False, add it below): at once while that cell is executing (or outside a kernel), else
+    when that cell is run again. Jupyter delivers a set_next_input payload with the reply of the next executed cell:
+    written from a button's callback, or while another cell runs, it would land at that other cell. Returns True
+    when written now."""
+    if _parent(shell) is None or (origin is not None and request_id(shell) == origin):
+        shell.set_next_input(text, replace=replace)
         return True
     _HELD[(id(shell), key)] = text
     return False
 
 
 def take_held(shell: Any, key: str) -> Optional[str]:
-    """The text Apply left for the cell ``key`` (then forgotten), or None."""
+    """The text Apply (or the preview's Write config) left for the cell ``key`` (then forgotten), or None."""
     return _HELD.pop((id(shell), key), None)
 
 
@@ -1270,7 +1271,7 @@ def cell_form(shell: Any, magic: str, line: str, cell: str, *, base: Any = None,
     rest = re.sub(r"(^|\s+)--form(?=\s|$)", "", line).strip()
     head = f"%%{magic} {rest}".rstrip()
     source = cell if cell.strip() else base
-    origin = _request_id(shell)
+    origin = request_id(shell)
     return config_form(source, namespace=getattr(shell, "user_ns", None), overrides=overrides,
                        base=base if cell.strip() else None, title=f"%%{magic} {line.strip()}",
                        on_apply=lambda text: write_cell(shell, key, f"{head}\n{text}", origin))

@@ -206,10 +206,10 @@ class PreviewWidget(W.VBox):
             self.render()
             return
         self.config_text = text
+        note = self.on_write(text) if self.on_write is not None else None  # what to do next, if anything
         self.config_box.value = (f'<div style="{R.BOX}"><b>new config</b>'
-                                 f'<pre style="{R.PRE}">{R._e(text)}</pre></div>')
-        if self.on_write is not None:
-            self.on_write(text)
+                                 + (f' ({R._e(note)})' if isinstance(note, str) else "")
+                                 + f'<pre style="{R.PRE}">{R._e(text)}</pre></div>')
 
     # ------------------------------------------------------------------------------------ static
     def static(self) -> StaticPreview:

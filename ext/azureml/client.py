@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional
 from ..config import schema
 from ..errors import TunecellError
 
-_URL_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\")]+")  # a URL's or a path's query
+_QUERY = re.compile(r"\?[^\s'\")]*=[^\s'\")]*")  # a URL's query: a storage URL's holds its SAS signature
+_SIGNATURE = re.compile(r"\bsig=[^\s&'\")]+")
 
 ARM_SCOPE = "https://management.azure.com/.default"
 RETRY = {"retry_total": 5, "retry_backoff_factor": 1.0, "retry_backoff_max": 30}
@@ -193,7 +194,7 @@ def keyvault_name(workspace: Any) -> Optional[str]:
 
 
 def _first_line(error: BaseException) -> str:
-    """The error's first line, with any URL's query cut off: a storage URL's query holds its SAS signature."""
+    """The error's first line, without URL queries and SAS signatures."""
     text = str(getattr(error, "message", None) or error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
-    return _URL_QUERY.sub(r"\1?...", line)
+    return _SIGNATURE.sub("sig=...", _QUERY.sub("?...", line))

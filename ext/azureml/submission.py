@@ -290,29 +290,34 @@ class AzureMLRun:
 
     def _downloaded_model(self, result: RunResult) -> Optional[dict[str, Any]]:
         """output_dir/model as the artifact `%%optimize --from` starts at. A downloaded adapter names its base by
-        its path on the compute: it is pointed at this machine's copy of the input model."""
-        from ..models import resolve_model
+        its path on the compute: it is pointed at this machine's copy of the input model, when there is one."""
         from ..passes.base import Artifact
         from ..passes.registry import pass_specs
 
         model = self.output_dir / "model"
-        if not result.passes or not model.is_dir() or self.config is None:
+        spec = pass_specs().get(result.passes[-1].type) if result.passes else None
+        if spec is None or not model.is_dir() or self.config is None:
             return None
-        kind, base = pass_specs()[result.passes[-1].type].gives, None
         adapters = [f / "adapter_config.json" for f in (model, self.output_dir / "adapter")
                     if (f / "adapter_config.json").is_file()]
-        if adapters:
-            try:
-                resolved = resolve_model(self.config.input_model, self.cache_dir)
-            except TunecellError as e:
-                self.bus.log(f"the downloaded adapter's base model is not on this machine ({e}): load it on AzureML, "
-                             "or give input_model a local copy", "warning")
-                return None
-            for settings in adapters:
-                point_at_base(settings, resolved.path)
-            if kind == "adapter":
-                base = Artifact("hf", resolved.path, resolved.identity)
-        return Artifact(kind, model, f"AzureML job {self.job_name}", base).to_dict()
+        base = self._local_input_model() if adapters else None
+        for settings in adapters if base is not None else ():
+            point_at_base(settings, base.path)
+        if spec.gives == "adapter" and base is None:
+            return None
+        return Artifact(spec.gives, model, f"AzureML job {self.job_name}",
+                        Artifact("hf", base.path, base.identity) if spec.gives == "adapter" else None).to_dict()
+
+    def _local_input_model(self) -> Any:
+        """This machine's copy of the input model (a ResolvedModel), or None, said as a warning."""
+        try:
+            from ..models import resolve_model
+
+            return resolve_model(self.config.input_model, self.cache_dir)
+        except Exception as e:  # not here (a hub model never downloaded), or no local stack to look with
+            self.bus.log("the downloaded adapter names its base model by its path on AzureML, as this machine has "
+                         f"no copy of it ({str(e).splitlines()[0]})", "warning")
+            return None
 
     def _source(self) -> str:
         return f"AzureML job {self.job_name}" + (f" ({self.studio_url})" if self.studio_url else "")

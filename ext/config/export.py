@@ -146,8 +146,8 @@ def _rebased(data: dict[str, Any], config: schema.WorkflowConfig, folder: Path) 
     def moved(value: Any, only_if_there: bool = False) -> Any:
         if isinstance(value, list):
             return [moved(v) for v in value]
-        if isinstance(value, dict):  # data_files per split; an AzureML datastore is a dict of other keys
-            return {k: moved(v) for k, v in value.items()} if "datastore_name" not in value else value
+        if isinstance(value, dict):  # data_files per split; an AzureML datastore or registry model has a type
+            return value if "type" in value else {k: moved(v, only_if_there) for k, v in value.items()}
         if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
             return value
         here = config.resolve(value)

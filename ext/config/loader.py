@@ -48,7 +48,19 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
         raise _placed_at_override(e, overrides) from None
     config._notes = notes
     config._base_dir = str(base_dir) if base_dir else None
+    _anchor_model_paths(config)
     return config
+
+
+def _anchor_model_paths(config: schema.WorkflowConfig) -> None:
+    """A relative input model path that names something next to the config file becomes that absolute path: it
+    starts at the config's folder as data_files do, wherever the run is started (a hub name is left as it is)."""
+    model = config.input_model
+    for key in ("model_path", "adapter_path"):
+        value = getattr(model, key)
+        if isinstance(value, str) and config.base_dir and not Path(value).expanduser().is_absolute() \
+                and config.resolve(value).exists():
+            setattr(model, key, str(config.resolve(value)))
 
 
 def _workflow_model() -> type[schema.WorkflowConfig]:
@@ -154,7 +166,7 @@ def _placed_at_override(error: ConfigError, overrides: Iterable[str]) -> ConfigE
     for item in overrides:
         key = tuple(item.partition("=")[0].strip().split("."))
         if tuple(map(str, error.path[:len(key)])) == key:
-            shown = item if "hf_token" not in error.path else f"{item.partition('=')[0]}=..."  # a token is not echoed
+            shown = item if "hf_token" not in item else f"{item.partition('=')[0]}=..."  # a token is not echoed
             return ConfigError(f"{error.message} (from the override {shown})", path=error.path, hint=error.hint)
     return error
 

@@ -314,8 +314,10 @@ class DataExplorer:
             sample = list(range(n))
             lengths, prompts = self._all_lengths, self._all_prompts
         else:
+            # its own stream: random.Random(seed).sample's first draws are those of the split's sample, so with as
+            # many held-out rows as the sample takes, every sampled row would be held out
             sample = list(range(n)) if n <= self.stats_sample else \
-                sorted(random.Random(self.seed).sample(range(n), self.stats_sample))
+                sorted(random.Random(f"stats sample {self.seed}").sample(range(n), self.stats_sample))
             encoded = self._encode(sample)
             lengths, prompts = [len(e) for e in encoded], [e.prompt_tokens for e in encoded]
         size = self.pre.max_seq_len

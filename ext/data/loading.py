@@ -96,7 +96,8 @@ def _read_json(path: Path, text: str, data: bytes) -> "pa.Table":
     import pyarrow as pa
 
     head = text.lstrip()[:1]
-    if head == "[" or (head == "{" and _is_single_document(text)):
+    lines = path.suffix.lower() == ".jsonl"  # one object per line, even when there is one line
+    if head == "[" or (head == "{" and not lines and _is_single_document(text)):
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
@@ -107,6 +108,8 @@ def _read_json(path: Path, text: str, data: bytes) -> "pa.Table":
                 doc = lists[0]
             elif lists and len(lists) == len(doc):
                 return _arrow(path, lambda: pa.table(doc))
+            elif not lists:  # one row
+                doc = [doc]
             else:
                 raise DataError("a JSON file must hold a list of objects, or one object per line", file=str(path))
         for i, item in enumerate(doc):

@@ -154,6 +154,12 @@ def needed_columns(pre: PreProcessDataConfig, columns: Sequence[str]) -> list[tu
 
 def chat_messages(row: dict) -> list[dict]:
     """The row's conversation as [{role, content}, ...]."""
+    for column in ("messages", "conversations"):
+        turns = row.get(column) or []
+        bad = next((i for i, m in enumerate(turns) if not isinstance(m, dict)), None)
+        if bad is not None:
+            raise DataError(f"{column} item {bad + 1} is {'null' if turns[bad] is None else repr(turns[bad])}, not a "
+                            "message", column=column, hint='each message is an object: {"role": ..., "content": ...}')
     if "messages" in row and row["messages"] is not None:
         return [{"role": m.get("role"), "content": m.get("content")} for m in row["messages"]]
     if "conversations" in row and row["conversations"] is not None:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from ..config import schema
 from ..events import EventBus, Log
-from ..errors import PassFailed
+from ..errors import ConfigError, PassFailed
 from .evaluation import goal_failures
 from .result import RunResult
 
@@ -37,8 +37,8 @@ def run_search(config: schema.WorkflowConfig, bus: EventBus, stop: threading.Eve
             candidate = concrete(config, merged, index)
             try:
                 result = make_run(candidate, bus, stop)
-            except PassFailed as e:  # a failing candidate is ranked last; the search goes on
-                result = e.result
+            except (PassFailed, ConfigError) as e:  # a failing candidate is ranked last; the search goes on
+                result = getattr(e, "result", None)  # a ConfigError (a misspelt optimizer) comes before any work
                 bus.emit(Log("warning", f"candidate {index} failed: {e}"))
             entry = _entry(index, merged, result, config, evaluator)
             tried.append(entry)
