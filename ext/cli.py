@@ -63,12 +63,12 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides=args.set)
 
 
-def _checked(args: argparse.Namespace):
+def _checked(args: argparse.Namespace, config=None):
     """The config, then what a run checks first on this machine: its data files and its output_dir."""
     from .runner.dispatch import remote_system
     from .runner.preflight import check
 
-    config = _load(args)
+    config = config if config is not None else _load(args)
     check(config, remote=remote_system(config) is not None)
     return config
 
@@ -78,13 +78,18 @@ def _validate(args: argparse.Namespace) -> int:
     from .runner.dispatch import remote_system
 
     try:
-        config = _checked(args)
+        config = _load(args)
+    except TunecellError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print(plan(config).describe())  # then what a run would refuse on this machine
+    try:
+        _checked(args, config)
         if remote_system(config) is not None:
             _build_job_offline(config)
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    print(plan(config).describe())
     return EXIT_OK
 
 

@@ -252,6 +252,17 @@ _ENCODED: "OrderedDict[str, tuple[Any, Any, Any]]" = OrderedDict()  # key -> (to
 _PACKING_KEYS = ("max_seq_len", "strategy", "pad_to_max_len", "use_attention_mask")
 
 
+def _files_state(data_config: schema.DataConfig, base_dir: Optional[str]) -> list:
+    """Each data file's path, size and time: a file written again since is encoded again."""
+    from .data.files import resolve_source
+
+    try:
+        files = resolve_source(data_config, base_dir).files
+    except TunecellError:  # not a local source: loading it says why
+        return []
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+
+
 def training_sequences(config: schema.WorkflowConfig, lora: schema.LoRA, tokenizer: Any) -> tuple[list, TokenCounts]:
     """(TokenSequence list, counts) of the LoRA pass's training set, built like build_training_data builds it.
 
@@ -269,7 +280,7 @@ def training_sequences(config: schema.WorkflowConfig, lora: schema.LoRA, tokeniz
     for k in _PACKING_KEYS:
         key_data["pre_process_data_config"].pop(k, None)
     key = json.dumps([key_data, lora.eval_data_config, lora.eval_dataset_size, split_seed(lora),
-                      config.base_dir, id(tokenizer)], sort_keys=True, default=str)
+                      config.base_dir, id(tokenizer), _files_state(dc, config.base_dir)], sort_keys=True, default=str)
     cached = _ENCODED.get(key)
     if cached is not None and cached[0] is tokenizer:
         _ENCODED.move_to_end(key)

@@ -221,12 +221,14 @@ class HfModel(LoadedModel):
         self._torch = torch
         self.path = path
         kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-        self._tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         adapter = path / "adapter_config.json"
-        if adapter.is_file():  # a LoRA adapter: its base, with the adapter merged in memory
+        base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else None
+        # an adapter saved by peft alone has no tokenizer files: its base's tokenizer is the one
+        has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        self._tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer or base is None else base, **kwargs)
+        if base is not None:  # a LoRA adapter: its base, with the adapter merged in memory
             from peft import PeftModel
 
-            base = json.loads(adapter.read_text())["base_model_name_or_path"]
             model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
             self._model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
         else:

@@ -169,6 +169,20 @@ def test_null_field_names_row_and_column(tmp_path):
     assert str(e.value).startswith(f"{path}, row 4, column 'phrase': missing value (null) (line 4)")
 
 
+@pytest.mark.parametrize("name, value, was", [("tones.jsonl", 3, "text"), ("tones.json", True, "text")])
+def test_a_value_of_another_kind_than_its_column_names_row_and_column(tmp_path, name, value, was):
+    rows = [dict(r) for r in TONE_ROWS]
+    rows[2]["tone"] = value
+    path = tmp_path / name
+    text = "\n".join(json.dumps(r) for r in rows) if name.endswith("l") else json.dumps(rows)
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_rows(data_config(str(path)))
+    assert (e.value.row, e.value.column) == (3, "tone")
+    assert f"column 'tone' holds {was} values above, and here {value!r}" in e.value.message
+    assert "quote numbers" in e.value.hint
+
+
 def test_missing_key_counts_as_null(tmp_path):
     path = write_jsonl(tmp_path / "gap.jsonl", TONE_ROWS[:2] + [{"phrase": "no tone here"}])
     with pytest.raises(DataError) as e:

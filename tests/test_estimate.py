@@ -99,6 +99,18 @@ def test_changing_max_seq_len_repacks_without_retokenizing(tiny_model, tmp_path,
     assert not calls and counts.truncated_rows > 0
 
 
+def test_a_data_file_written_again_is_counted_again(tiny_model, tmp_path, tokenizer):
+    data = tmp_path / "tones.jsonl"
+    data.write_text(DATA.read_text())
+    cfg = load_config(CONFIG.format(model=tiny_model, data=data, strategy="line-by-line", max_seq_len=64, r=8,
+                                    targets="[qkv_proj, o_proj]", steps=20, batch=8, cache=tmp_path / "cache",
+                                    out=tmp_path / "out"))
+    before = E.count_tokens(cfg, cfg.passes["lora"], tokenizer)
+    data.write_text("\n".join(DATA.read_text().splitlines()[:50]) + "\n")
+    after = E.count_tokens(cfg, cfg.passes["lora"], tokenizer)
+    assert (before.train_rows, after.train_rows) == (394, 40)
+
+
 # --------------------------------------------------------------------------------- parameters: exact, as peft
 @pytest.mark.parametrize("targets,modules_to_save", [
     (["qkv_proj", "o_proj"], None), (["qkv_proj"], None), ("all-linear", None), (["down_proj"], ["lm_head"]),

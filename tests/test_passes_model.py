@@ -67,6 +67,12 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / next(p.name for p in folder.glob("*.safetensors")))
 
 
+def test_an_adapter_saved_by_peft_alone_loads_with_its_bases_tokenizer(adapter, merged):
+    assert not (adapter / "tokenizer_config.json").exists()
+    prompt = "### Text: we won\n### The tone is:\n"
+    assert load_model(adapter).generate(prompt, 6) == load_model(merged).generate(prompt, 6)
+
+
 def test_merge_adds_scaled_lora_product(tiny_model, adapter, merged):
     base, lora, result = _weights(tiny_model), _weights(adapter), _weights(merged)
     assert set(result) == set(base)

@@ -37,6 +37,11 @@ def test_the_plugin_is_listed_with_its_options_and_source(plugin_path, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "OnnxDynamicQuantization  (onnx -> onnx)  from tunecell-int8 0.1.0" in out.stdout
     assert "per_channel: default False" in out.stdout
+    out = _python("""
+        from tunecell.passes.registry import pass_specs
+        print(pass_specs()["OnnxDynamicQuantization"].packages)
+    """, plugin_path, tmp_path)
+    assert out.stdout.strip().startswith("('tunecell-int8',")  # its version is in the pass's cache key
 
 
 def _write_config(tiny_model: Path, tmp_path: Path) -> None:

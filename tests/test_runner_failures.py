@@ -186,6 +186,38 @@ def test_a_run_that_only_misses_a_goal_publishes_its_model_and_says_so(tiny_mode
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["published"]["run_id"] == result.run_id
 
 
+def test_a_ctrl_c_in_a_pass_without_checkpoints_ends_the_run_as_interrupted(tiny_model, tmp_path, monkeypatch):
+    from tunecell.passes import model_builder
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_builder, "build_onnx", interrupted)
+    result, events = run(config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}}))
+    assert result.status == "interrupted" and [(p.name, p.status) for p in result.passes] == [("mb", "interrupted")]
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "interrupted"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "interrupted"
+    assert any("interrupted: run the same config again to resume" in line for line in result.logs)
+
+
+def test_a_pass_another_run_built_while_this_one_waited_for_the_lock_is_reported_as_cached(tiny_model, tmp_path,
+                                                                                          monkeypatch):
+    from tunecell.runner.cache import Entry
+
+    cfg = config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
+    run(cfg)
+    complete, looks = Entry.complete, []
+
+    def not_yet_at_first_look(self):  # the other run finishes while this one waits for the entry's lock
+        looks.append(self)
+        return len(looks) > 1 and complete.fget(self)
+
+    monkeypatch.setattr(Entry, "complete", property(not_yet_at_first_look))
+    result, events = run(cfg)
+    assert [(p.status, p.cache_hit) for p in result.passes] == [("cached", True)]
+    assert [e.cache_hit for e in events if isinstance(e, PassFinished)] == [True]
+
+
 def test_rows_cut_at_max_seq_len_are_reported_as_a_warning(tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, {"lora": lora(max_steps=1)})
     cfg["data_configs"][0]["pre_process_data_config"]["max_seq_len"] = 24

@@ -118,3 +118,39 @@ def test_sigint_interrupts_and_rerun_resumes_to_the_same_adapter(tiny_model, tmp
         signal.signal(signal.SIGINT, previous)
     assert outer == [], "the pass's own SIGINT handler was not in place during training"
     check(*results, reference, tmp_path)
+
+
+def test_a_checkpoint_cut_short_or_a_state_within_a_step_is_never_resumed(tiny_model, tmp_path, reference,
+                                                                         monkeypatch):
+    """A second Ctrl-C can land within a step, and a run killed while saving leaves a checkpoint without its
+    trainer_state.json: neither is resumed from, and the adapter still comes out as an uninterrupted run's."""
+    import transformers
+
+    config = lora_config(tiny_model, tmp_path)
+    stop = threading.Event()
+    first = tunecell.run(config, progress="none", stop=stop, subscribers=[
+        lambda e: stop.set() if isinstance(e, TrainStep) and e.step == STOP_AT else None])
+    assert Path(first.checkpoint).name == f"checkpoint-{STOP_AT}"
+
+    step = transformers.Trainer.training_step
+    calls: list = []
+
+    def interrupted_within_the_second_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # after the step began: the state may be half-updated
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", interrupted_within_the_second_step)
+    second = tunecell.run(config, progress="none")
+    monkeypatch.setattr(transformers.Trainer, "training_step", step)
+    assert second.status == "interrupted" and second.checkpoint == first.checkpoint  # no state saved mid-step
+    cut = Path(first.checkpoint).with_name("checkpoint-5")
+    cut.mkdir()
+    (cut / "adapter_model.safetensors").write_bytes(b"")  # killed while saving: no trainer_state.json
+
+    resumed = tunecell.run(config, progress="none")
+    assert resumed.passes[0].stats["resumed_from"] == f"checkpoint-{STOP_AT}"
+    weights = adapter_weights(resumed)
+    for name, tensor in reference.items():
+        assert (weights[name] - tensor).abs().max().item() <= 1e-6, name

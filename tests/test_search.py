@@ -82,6 +82,25 @@ def test_output_dir_holds_the_best_and_the_top_n_and_a_manifest(searched):
     assert tunecell.load_model(out / "model").generate("### Text: hi\n### The tone is:\n", 2) is not None
 
 
+def test_a_search_whose_candidates_all_fail_publishes_nothing(searched, tiny_model):
+    result, _, tmp = searched
+    identity = (tmp / "out" / "model" / ".tunecell-identity").read_text()
+    failing = SEARCH.format(model=tiny_model, data=DATA, tmp=tmp).replace("[qkv_proj, o_proj]", "[nope_proj]")
+    again = tunecell.run(failing, progress="none")
+    assert again.status == "failed" and not any(c["published"] for c in again.candidates)
+    assert "model" not in again.artifacts
+    assert (tmp / "out" / "model" / ".tunecell-identity").read_text() == identity  # the first search's best
+
+
+def test_clean_cache_cleans_once_before_the_candidates(tiny_model, tmp_path):
+    text = SEARCH.format(model=tiny_model, data=DATA, tmp=tmp_path).replace(
+        "int4_block_size: [32, 64]", "int4_block_size: 32") + "clean_cache: true\n"
+    events = []
+    tunecell.run(text, progress="none", subscribers=[events.append])
+    lora = [e.cache_hit for e in events if isinstance(e, PassFinished) and e.name == "lora"]
+    assert lora == [False, True]  # trained for the first candidate, then shared
+
+
 def test_the_summary_shows_a_table_and_a_pareto_plot(searched):
     result, _, _ = searched
     html = result._repr_html_()

@@ -141,10 +141,6 @@ def remote_config(config: schema.WorkflowConfig, system: str, inputs: "_Inputs")
         data["input_model"]["model_path"] = inputs.add_local("model", local)
         if gguf_file is None:
             data["input_model"].pop("gguf_file", None)
-    if model.adapter_path:
-        local = inputs.local_path(model.adapter_path)
-        if local is not None:
-            data["input_model"]["adapter_path"] = inputs.add_local("adapter", local)
     for i, dc in enumerate(config.data_configs):
         load = dc.load_dataset_config
         out = data["data_configs"][i]["load_dataset_config"]

@@ -115,7 +115,7 @@ def _read_json(path: Path, text: str, data: bytes) -> "pa.Table":
         for i, item in enumerate(doc):
             if not isinstance(item, dict):
                 raise DataError(f"a JSON object was expected, got {type(item).__name__}", file=str(path), row=i + 1)
-        return _arrow(path, lambda: pa.Table.from_pylist(doc))
+        return _arrow(path, lambda: pa.Table.from_pylist(doc), doc)
     # JSON lines: pyarrow's reader is fast; when it refuses, parse line by line to say where
     import pyarrow.json as pj
     try:
@@ -135,7 +135,7 @@ def _read_json(path: Path, text: str, data: bytes) -> "pa.Table":
             raise DataError(f"line {number}: a JSON object was expected, got {type(item).__name__}",
                             file=str(path), row=len(records) + 1)
         records.append(item)
-    return _arrow(path, lambda: pa.Table.from_pylist(records))
+    return _arrow(path, lambda: pa.Table.from_pylist(records), records)
 
 
 def _is_single_document(text: str) -> bool:
@@ -146,12 +146,30 @@ def _is_single_document(text: str) -> bool:
         return False
 
 
-def _arrow(path: Path, build):
+def _arrow(path: Path, build, rows: Optional[list[dict]] = None):
     try:
         return build()
     except Exception as e:
-        raise DataError(f"rows do not share one column layout: {e}", file=str(path),
-                        hint="give every row the same columns, each with one type (all text, or all numbers)") from None
+        hint = "give every row the same columns, each with one type (all text, or all numbers)"
+        mixed = _first_mixed_value(rows or [])
+        if mixed is not None:
+            row, column, was, value = mixed
+            raise DataError(f"column {column!r} holds {was} values above, and here {value!r}", file=str(path),
+                            row=row, column=column, hint=hint + ": quote numbers to keep them as text") from None
+        raise DataError(f"rows do not share one column layout: {e}", file=str(path), hint=hint) from None
+
+
+def _first_mixed_value(rows: list[dict]) -> Optional[tuple[int, str, str, Any]]:
+    """(row, column, the kind of value above, the value) of the first value of another kind than its column's."""
+    def kind(value: Any) -> str:
+        return "true/false" if isinstance(value, bool) else "number" if isinstance(value, (int, float)) else \
+            "text" if isinstance(value, str) else type(value).__name__
+    kinds: dict[str, str] = {}
+    for number, row in enumerate(rows, start=1):
+        for column, value in row.items():
+            if value is not None and kinds.setdefault(column, kind(value)) != kind(value):
+                return number, column, kinds[column], value
+    return None
 
 
 def _read_csv(path: Path, text: str, data: bytes) -> "pa.Table":

@@ -64,8 +64,10 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         with _interrupt_sets(ctx.stop), older_objects_frozen():
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except KeyboardInterrupt:
-        # Raised between steps (a callback, or a second Ctrl-C): the state is a whole step, so keep it.
-        trainer._save_checkpoint(trainer.model, trial=None)
+        # Raised between steps (by a callback) the state is a whole step: keep it. A second Ctrl-C may land within
+        # a step: its state is half-updated, and the run resumes from the last whole checkpoint, if any.
+        if progress.between_steps:
+            trainer._save_checkpoint(trainer.model, trial=None)
         raise Interrupted(last_checkpoint(ctx.work_dir)) from None
     if progress.stopped:
         raise Interrupted(last_checkpoint(ctx.work_dir))
@@ -126,7 +128,10 @@ def split_seed(cfg: schema.LoRA) -> int:
 
 
 def last_checkpoint(work_dir: Path) -> Optional[Path]:
-    checkpoints = sorted((work_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    """The last whole checkpoint: Trainer writes trainer_state.json last, so one without it was cut short (a run
+    killed while saving)."""
+    checkpoints = sorted((p for p in (work_dir / "checkpoints").glob("checkpoint-*")
+                          if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[-1]))
     return checkpoints[-1] if checkpoints else None
 
 
@@ -213,6 +218,7 @@ class ProgressCallback:
         self.loss: Optional[float] = None
         self.lr: Optional[float] = None
         self.stopped = False
+        self.between_steps = True  # False from a step's start to its end
         self._started = time.perf_counter()
         self._tokens_at_start = 0
 
@@ -230,7 +236,11 @@ class ProgressCallback:
         self.loss = logs.get("loss", self.loss)
         self.lr = logs.get("learning_rate", self.lr)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.between_steps = False
+
     def on_step_end(self, args, state, control, **kwargs):
+        self.between_steps = True  # the optimizer has stepped: the state is a whole step from here
         elapsed = time.perf_counter() - self._started
         rate = (self.collator.tokens - self._tokens_at_start) / elapsed if elapsed > 0 else None
         self.ctx.bus.emit(TrainStep(self.ctx.name, state.global_step, state.max_steps, self.loss, self.lr,

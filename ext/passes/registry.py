@@ -110,7 +110,9 @@ def _from_entry_point(ep: metadata.EntryPoint) -> PassSpec:
     if not takes <= set(KINDS) or gives not in KINDS:
         raise TunecellError(f"the pass {ep.name!r} from {source}: takes/gives must be among {', '.join(KINDS)}")
     instance = cls()
-    return PassSpec(ep.name, model, takes, gives, instance.run, tuple(getattr(cls, "packages", ())), source)
+    own = (ep.dist.name,) if ep.dist else ()  # a new version of the pass's own package runs it again
+    packages = tuple(dict.fromkeys(own + tuple(getattr(cls, "packages", ()))))
+    return PassSpec(ep.name, model, takes, gives, instance.run, packages, source)
 
 
 @functools.lru_cache(maxsize=1)

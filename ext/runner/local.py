@@ -56,6 +56,9 @@ def run(config: Any, namespace: Optional[Mapping[str, Any]] = None, *, overrides
     if config.search_space:
         from .search import run_search
 
+        if config.clean_cache:
+            Cache(config.resolve(config.cache_dir), config.workflow_id).clear()
+
         result = run_search(config, bus, stop,
                             lambda c, b, s: LocalRun(c, make_plan(c, only), b, s, start_from).execute())
         manifest.publish_search(config, result)
@@ -125,11 +128,12 @@ class LocalRun:
                 status, failed = self._finish_status(final)
                 self._publish(final, adapter)
                 result = self._result(status, started, failed_goals=failed)
-        except Interrupted as e:
+        except (Interrupted, KeyboardInterrupt) as e:  # a Ctrl-C while evaluating is one too
+            checkpoint = getattr(e, "checkpoint", None)
+            again = "set clean_cache: false and run again" if self.config.clean_cache else "run the same config again"
             # logged first, so that the result's logs carry the way to resume
-            self.bus.log(f"interrupted: run the same config again to resume"
-                         + (f" from {e.checkpoint}" if e.checkpoint else ""), "warning")
-            result = self._result("interrupted", started, checkpoint=str(e.checkpoint) if e.checkpoint else None)
+            self.bus.log(f"interrupted: {again} to resume" + (f" from {checkpoint}" if checkpoint else ""), "warning")
+            result = self._result("interrupted", started, checkpoint=str(checkpoint) if checkpoint else None)
         except PassFailed as e:
             e.result = result = self._result("failed", started, error=str(e))
             raise
@@ -202,8 +206,9 @@ class LocalRun:
             raise Interrupted(None)
         cfg = self.config.passes[step.name]
         try:
-            with entry.building() as folder:
-                if folder is not None:
+            with entry.building() as folder:  # None: another run built it while this one waited for the lock
+                built = folder is not None
+                if built:
                     ctx = PassContext(step.name, self.config, folder / "artifact", folder / "work", self.scratch,
                                       self.bus, self.stop)
                     stats = pass_specs()[step.type].run(source, cfg, ctx)
@@ -212,9 +217,9 @@ class LocalRun:
                         "settings": step.settings, "input": source.to_dict(), "stats": stats,
                         "duration_s": round(time.perf_counter() - started, 2),
                         "packages": package_versions(pass_specs()[step.type].packages)})
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt) as e:  # a pass other than training has no checkpoint to keep
             self._record(step, "interrupted", started)
-            raise
+            raise e if isinstance(e, Interrupted) else Interrupted(None) from None
         except TunecellError as e:
             self._record(step, "failed", started, error=str(e))
             raise PassFailed(step.name, step.type, e) from e
@@ -224,7 +229,7 @@ class LocalRun:
         # the pass's heap would otherwise stay resident under the next pass, and the run's peak be their sum;
         # what survives is frozen (unfrozen when the run ends), so that later collections skip the libraries
         release_memory(freeze_survivors=self.freezes)
-        return self._done(step, entry, key, base, started, cache_hit=False)
+        return self._done(step, entry, key, base, started, cache_hit=not built)
 
     def _done(self, step, entry, key: str, base: Optional[Artifact], started: float, cache_hit: bool) -> Artifact:
         record = entry.record()

@@ -96,11 +96,11 @@ def publish_search(config, result: "RunResult") -> None:
     out = config.resolve(config.output_dir)
     ranked = sorted(result.candidates, key=lambda c: c["rank"])
     keep = config.search_strategy.output_model_num
-    for c in ranked[:keep]:
-        model = out / "candidates" / str(c["index"]) / "model"
-        if model.is_dir():
-            link_tree(model, out / ("model" if c["rank"] == 1 else f"top-{c['rank']}"), f"candidate-{c['index']}")
-    if ranked and (out / "model").is_dir():
+    published = [c for c in ranked[:keep] if c["published"]]  # not a folder an earlier search left there
+    for c in published:
+        link_tree(out / "candidates" / str(c["index"]) / "model",
+                  out / ("model" if c["rank"] == 1 else f"top-{c['rank']}"), f"candidate-{c['index']}")
+    if published and published[0]["rank"] == 1:
         result.artifacts["model"] = str(out / "model")
     data = {"status": result.status, "best": result.best, "candidates": result.candidates,
             "search_strategy": config.search_strategy.model_dump(), "packages": package_versions(PACKAGES),

@@ -10,6 +10,11 @@ from . import output_dir
 
 
 def check(config: schema.WorkflowConfig, *, remote: bool) -> None:
+    if config.input_model.adapter_path:  # Olive loads it over the model; the passes here would not see it
+        raise ConfigError("an input model with an adapter (adapter_path) is not supported yet: the passes would run "
+                          "on the model without it", path=("input_model", "adapter_path"),
+                          hint="merge the adapter into the model first (peft's merge_and_unload), and point "
+                               "model_path at the merged folder")
     output_dir.check(config.resolve(config.output_dir))
     if remote:
         client = config.azureml_client

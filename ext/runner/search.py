@@ -62,7 +62,7 @@ def concrete(config: schema.WorkflowConfig, options: Options, index: int) -> sch
         values = options.get(name, {})
         passes[name] = _set(p, values) if values else p
     out = config.model_copy(update={"passes": passes, "output_dir": f"{config.output_dir}/candidates/{index}",
-                                    "search_strategy": None})
+                                    "search_strategy": None, "clean_cache": False})  # cleaned once, before all
     out._notes, out._base_dir, out._search_space = list(config.notes), config.base_dir, {}
     return out
 
@@ -101,7 +101,7 @@ def _entry(index: int, options: Options, result: Optional[RunResult], config: sc
     failed = goal_failures(config, evaluator, result.metrics, final) if result else ["did not run"]
     return {"index": index, "options": options, "label": _label(options), "metrics": metrics,
             "status": result.status if result else "failed", "goals_met": not failed and bool(metrics),
-            "failed_goals": failed, "result": result}
+            "failed_goals": failed, "published": bool(result and "model" in result.artifacts), "result": result}
 
 
 def rank_key(entry: dict[str, Any], evaluator: schema.Evaluator) -> tuple:
