@@ -268,6 +268,36 @@ def test_apply_rewrites_the_cell(ip: InteractiveShell, body: str, monkeypatch) -
     assert "alpha: 32" in text  # the body's own value; --set still applies when the cell runs
 
 
+def test_literal_braces_survive_apply_the_preview_and_export(ip: InteractiveShell, body: str, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A template with literal braces, written as the docs say ({{ '{{' }}): what tunecell writes back loads to
+    the same template."""
+    from tunecell.config.export import export_config
+    from tunecell.widgets import preview
+
+    braces = body.replace('"### Text: {phrase}', """"{{ '{{' }}text{{ '}}' }} ### Text: {phrase}""")
+    template = load_config(braces).data_configs[0].pre_process_data_config.text_template
+    assert template.startswith("{{text}} ### Text: {phrase}")
+    written: list[str] = []
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: written.append(text))
+    form = run_form(ip, "%%finetune --form", braces)
+    form.set(MAX_SEQ_LEN, 32)  # an unrelated edit
+    form.apply()
+    again = load_config(written[-1].split("\n", 1)[1])
+    assert again.data_configs[0].pre_process_data_config.text_template == template
+    shown = preview(load_config(braces), tokenizer=form.tokenizer)  # the whole config written out
+    shown.max_seq_len = 48
+    shown.buttons["write"].click()
+    assert load_config(shown.config_text).data_configs[0].pre_process_data_config.text_template == template
+    from tunecell.widgets.config_text import write_config
+
+    edited = write_config(body, "tones", {"text_template": '{{"text": "{phrase}"}} -> {tone}'}, {})  # in place
+    assert load_config(edited).data_configs[0].pre_process_data_config.text_template == \
+        '{{"text": "{phrase}"}} -> {tone}'
+    export_config(again, tmp_path / "braces.yaml")
+    assert load_config(tmp_path / "braces.yaml").data_configs[0].pre_process_data_config.text_template == template
+
+
 def test_apply_clicked_after_the_cell_ran_waits_for_that_cell(ip: InteractiveShell, body: str,
                                                               monkeypatch) -> None:
     """In Jupyter a button click is a comm message: a set_next_input payload would ride on the reply of whichever

@@ -126,6 +126,12 @@ def _find_data_config(root: yaml.MappingNode, name: str) -> yaml.MappingNode:
 
 
 def _scalar(value: Any, flow: bool, old: Optional[yaml.Node], text: str, key_column: int) -> str:
+    from tunecell.config.loader import literal_braces
+
+    return literal_braces(_yaml_scalar(value, flow, old, text, key_column))
+
+
+def _yaml_scalar(value: Any, flow: bool, old: Optional[yaml.Node], text: str, key_column: int) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -274,7 +280,9 @@ def dump_config(config: Any, data_config_name: str, changes: Mapping[str, Any]) 
             pre.pop(key, None)
         else:
             pre[key] = value
+    from tunecell.config.loader import literal_braces
+
     header = "# written by tunecell.preview (the whole config: comments of the original are not kept)\n"
-    return header + yaml.dump(tree, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return header + literal_braces(yaml.dump(tree, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120))
 
 

@@ -298,8 +298,10 @@ _Dumper.add_representer(list, _list)
 
 
 def dump_yaml(data: Any) -> str:
-    """tunecell YAML: block layout, short lists inline, multi-line strings as | blocks."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    """tunecell YAML: block layout, short lists inline, multi-line strings as | blocks; literal braces kept."""
+    from tunecell.config.loader import literal_braces
+
+    return literal_braces(yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120))
 
 
 def minimal_yaml(config: schema.WorkflowConfig) -> str:

@@ -128,8 +128,10 @@ def export_config(config: schema.WorkflowConfig, path: Union[str, os.PathLike]) 
         data, notes = olive_dict(config)
         text = json.dumps(data, indent=2) + "\n"
     elif path.suffix in (".yaml", ".yml"):
+        from .loader import literal_braces
+
         data = _rebased(minimal_dict(config), config, path.parent.absolute())
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        text = literal_braces(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     else:
         raise ValueError(f"export to .yaml (tunecell, runs the same) or .json (Olive 0.13), "
                          f"not {path.suffix or 'no suffix'}")

@@ -184,6 +184,12 @@ def _locating(action, tree: Any):
 
 
 # --------------------------------------------------------------------------------------- {{ }} filling
+def literal_braces(text: str) -> str:
+    """Config text written out (an export, a form's Apply) so that filling gives it back: each ``{{``, ``{%`` and
+    ``{#`` becomes an expression that yields it, as a user writes literal braces."""
+    return re.sub(r"\{[{%#]", lambda m: "{{ '" + m.group() + "' }}", text)
+
+
 def fill_template(text: str, namespace: Mapping[str, Any]) -> str:
     """Fill ``{{ name }}`` from the notebook namespace (Jinja, strict). Text without ``{{`` is left alone."""
     if "{{" not in text and "{%" not in text:
