@@ -74,7 +74,8 @@ def test_chat_template_rows(word_tokenizer, row):
 def test_a_conversation_item_that_is_not_a_message_names_its_row_and_place(word_tokenizer):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
             {"messages": [{"role": "user", "content": "hi"}, None]}]
-    with pytest.raises(DataError, match=r"column 'messages': row index 1 .*: messages item 2 is null, not a message") as e:
+    where = r"column 'messages': row index 1 .*: "
+    with pytest.raises(DataError, match=where + "messages item 2 is null, not a message") as e:
         tokenize(rows, pre(use_chat_template=True, strategy="line-by-line"), word_tokenizer)
     assert e.value.hint.startswith("each message is an object")
 
