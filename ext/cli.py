@@ -63,14 +63,12 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides=args.set)
 
 
-def _checked(args: argparse.Namespace, config=None):
-    """The config, then what a run checks first on this machine: its data files and its output_dir."""
+def _preflight(config) -> None:
+    """What a run checks first on this machine: its data files and its output_dir."""
     from .runner.dispatch import remote_system
     from .runner.preflight import check
 
-    config = config if config is not None else _load(args)
     check(config, remote=remote_system(config) is not None)
-    return config
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -84,7 +82,7 @@ def _validate(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(plan(config).describe())  # then what a run would refuse on this machine
     try:
-        _checked(args, config)
+        _preflight(config)
         if remote_system(config) is not None:
             _build_job_offline(config)
     except TunecellError as e:
@@ -109,7 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import run
 
     try:
-        config = _checked(args)
+        config = _load(args)
+        _preflight(config)
     except TunecellError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
