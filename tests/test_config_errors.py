@@ -96,6 +96,9 @@ CASES = [
          "valid dictionary (got 5)", ("passes", "lora", "training_args"), 19, 5),
     case("type-evaluator-list", edit("evaluator: tone_eval", "evaluator: [tone_eval]"), "valid string",
          ("evaluator",), 27, 1),
+    case("type-number-for-text", edit("evaluator: tone_eval", "evaluator: 0"), "valid string (got 0)",
+         ("evaluator",), 27, 1, hint="quote it to keep it as text: YAML reads 0, 1.5, yes/no and true/false as "
+                                     "numbers and booleans"),
     case("type-pass-not-mapping", edit("merge: {type: MergeAdapterWeights}", "merge: 5"), "valid dictionary (got 5)",
          ("passes", "merge"), 20, 3),
     case("type-strategy", edit("strategy: line-by-line", "strategy: lines"), "'join' or 'line-by-line'",

@@ -303,6 +303,8 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
         clean, pos = clean, locate(tree, loc[:-1])[1]
     elif "input" in first and not (kind == "value_error" and isinstance(first["input"], dict)):
         message = f"{message} (got {_short(first.get('input'))})"  # (a whole section is not worth repeating)
+        if kind == "string_type" and isinstance(first["input"], (bool, int, float)):
+            hint = "quote it to keep it as text: YAML reads 0, 1.5, yes/no and true/false as numbers and booleans"
     same_place = [e for e in errors if locate(tree, tuple(e["loc"]))[0] == clean]
     if len(same_place) > 1 and kind not in ("missing", "extra_forbidden"):
         message = f"has the wrong type or value (got {_short(first.get('input'))}): expected one of " + \
