@@ -84,7 +84,8 @@ def test_an_output_dir_that_is_a_file_exits_2_before_any_pass(tiny_model, tmp_pa
     (["--set", "data_configs.tones.load_dataset_config.data_files=nope.jsonl"], "nope.jsonl"),  # a missing file
     (["--events", "events"], "--events"),  # a folder
     (["--set", "passes.lora.training_args.optim=adamw_torchh"], "did you mean 'adamw_torch'?"),
-    (["--set", "input_model.adapter_path=."], "adapter_path")])  # Olive's; the passes here would not see it
+    (["--set", "input_model.adapter_path=."], "adapter_path"),  # Olive's; the passes here would not see it
+    (["--set", "passes.lora.training_args.max_grad_norm=[0.5, 1.0]"], "max_grad_norm takes one value, not a list")])
 def test_what_a_run_refuses_before_any_work_exits_2(tiny_model, tmp_path, monkeypatch, extra, named):
     path = write_config(tmp_path / "lora.yaml", tiny_model, {"lora": {
         "type": "LoRA", "r": 4, "alpha": 8, "target_modules": ["qkv_proj"], "train_data_config": "tones",

@@ -89,13 +89,25 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     }
 
 
-def check_choices(cfg: schema.LoRA, pass_name: str) -> None:
-    """training_args that transformers takes from a list of names: a misspelt one fails before a run does any work,
-    with the closest name (transformers' own error lists all forty optimizers). Not at load: it imports torch."""
+def check_training_args(cfg: schema.LoRA, pass_name: str) -> None:
+    """What only transformers can judge, before a run does any work (not at load: it imports torch):
+    - a name among transformers' choices: a misspelt one fails with the closest name (transformers' own error lists
+      all forty optimizers);
+    - a list given to a key tunecell passes through to a single-valued TrainingArguments field: candidate lists
+      search tunecell's own keys only, and transformers would fail on it mid-way with a TypeError."""
+    import dataclasses
     import difflib
 
+    from transformers import TrainingArguments
     from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
     from transformers.training_args import OptimizerNames
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainingArguments)}
+    for key, value in (cfg.training_args.model_extra or {}).items():
+        if isinstance(value, list) and key in types and "list" not in types[key]:
+            raise ConfigError(f"{key} takes one value, not a list", path=("passes", pass_name, "training_args", key),
+                              hint="candidate lists search tunecell's own settings (learning_rate, r ...): give one "
+                                   "value here")
 
     choices = {"optim": OptimizerNames, "lr_scheduler_type": SchedulerType, "eval_strategy": IntervalStrategy,
                "logging_strategy": IntervalStrategy, "save_strategy": SaveStrategy}

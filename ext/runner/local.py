@@ -153,13 +153,13 @@ class LocalRun:
         """What only transformers can judge (a misspelt optimizer name), for each LoRA pass this run will train:
         before any work, the input model's evaluation included. Not for a cached pass: a fully cached run imports
         no torch. A pass's key is its output's identity, so the keys chain without running anything."""
-        from ..passes.lora import check_choices
+        from ..passes.lora import check_training_args
 
         identity = source.identity
         for step in self.plan.steps:
             identity, settings = self._key(step, identity), self.config.passes[step.name]
             if isinstance(settings, schema.LoRA) and not self.cache.entry(step.name, identity).complete:
-                check_choices(settings, step.name)
+                check_training_args(settings, step.name)
 
     def _input(self) -> Artifact:
         if self.start_from is not None:
