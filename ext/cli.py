@@ -139,11 +139,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(result, cache_dir: Path) -> int:
-    from .config.schema import DEFAULT_CACHE_DIR
-
     print(repr(result))
     if result.status == "running":  # an AzureML job whose following was interrupted
-        where = "" if cache_dir == Path(DEFAULT_CACHE_DIR).absolute() else f" --cache-dir {cache_dir}"
+        from .azureml.submission import cache_dir_option
+
+        where = cache_dir_option(cache_dir)
         print(f"AzureML job {result.run_id} keeps running: `tunecell follow {result.run_id}{where}` follows it "
               f"again, `tunecell cancel {result.run_id}{where}` stops it", file=sys.stderr)
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED

@@ -11,6 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
+from fake_kernel import in_a_kernel
 from tunecell.config import load_config
 from tunecell.config.loader import _tree
 from tunecell.errors import ConfigError
@@ -302,17 +303,7 @@ def test_apply_clicked_after_the_cell_ran_waits_for_that_cell(ip: InteractiveShe
                                                               monkeypatch) -> None:
     """In Jupyter a button click is a comm message: a set_next_input payload would ride on the reply of whichever
     cell runs next. The text waits for the form's own cell instead."""
-    written: list[tuple[str, bool]] = []
-    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: written.append((text, replace)))
-
-    class Kernel:
-        header = {"msg_type": "execute_request", "msg_id": "run-1"}
-
-        def get_parent(self, channel: str = "shell") -> dict:
-            return {"header": dict(self.header)}
-
-    kernel = Kernel()
-    monkeypatch.setattr(ip, "kernel", kernel, raising=False)
+    kernel, written = in_a_kernel(ip, monkeypatch)
     form = run_form(ip, "%%finetune --form", body)
     kernel.header = {"msg_type": "comm_msg", "msg_id": "click-1"}  # the Apply button, clicked later
     form.set(R, 2)

@@ -26,6 +26,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 from traitlets.config import Config
 
+from fake_kernel import in_a_kernel
 import tunecell
 from tunecell.errors import PassFailed, TunecellError
 from tunecell.runner import RunResult
@@ -468,17 +469,7 @@ def test_preview_write_clicked_after_the_cell_ran_waits_for_that_cell(ip: Intera
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """In Jupyter the click is a comm message: a set_next_input payload would ride on the reply of whichever cell
     runs next, and the config land below that one. As the form's Apply, it waits for the preview's own cell."""
-    written: list[tuple[str, bool]] = []
-    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: written.append((text, replace)))
-
-    class Kernel:
-        header = {"msg_type": "execute_request", "msg_id": "run-1"}
-
-        def get_parent(self, channel: str = "shell") -> dict:
-            return {"header": dict(self.header)}
-
-    kernel = Kernel()
-    monkeypatch.setattr(ip, "kernel", kernel, raising=False)
+    kernel, written = in_a_kernel(ip, monkeypatch)
     body = workflow(tiny_model, paths["out"] / "preview-later")
     shown = run(ip, "%%finetune --preview", body)[0].result
     kernel.header = {"msg_type": "comm_msg", "msg_id": "click-1"}  # Write config, clicked later

@@ -160,8 +160,7 @@ class AzureMLRun:
                     return self._finish(status)
                 self._wait(interval, stop)
         except KeyboardInterrupt:
-            where = "" if self.cache_dir.absolute() == Path(schema.DEFAULT_CACHE_DIR).absolute() else \
-                f" --cache-dir {self.cache_dir}"
+            where = cache_dir_option(self.cache_dir)
             self.bus.log(f"stopped following AzureML job {self.job_name}; it keeps running. "
                          f"%tunecell follow {self.job_name}{where} picks it up again, %tunecell cancel "
                          f"{self.job_name}{where} stops it (tunecell follow / cancel in a shell)", "warning")
@@ -420,6 +419,14 @@ def find_record(run_id: str, cache_dir: Path) -> Optional[dict[str, Any]]:
         if record.get("run_id") == run_id and record.get("backend") == "azureml":
             merged = {**(merged or {}), **{k: v for k, v in record.items() if v is not None}}
     return merged
+
+
+def cache_dir_option(cache_dir: Path) -> str:
+    """`` --cache-dir DIR`` for the follow and cancel commands, or nothing for the default folder."""
+    import shlex
+
+    default = Path(cache_dir).absolute() == Path(schema.DEFAULT_CACHE_DIR).absolute()
+    return "" if default else f" --cache-dir {shlex.quote(str(cache_dir))}"
 
 
 def reconnect(run_id: str, cache_dir: Any = schema.DEFAULT_CACHE_DIR, *, subscribers: Iterable[Subscriber] = (),
