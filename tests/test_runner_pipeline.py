@@ -70,15 +70,19 @@ def main(tiny_model, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("runner-main")
     config = tiny_config(tiny_model, root / "cache", root / "out")
     frozen: dict[str, int] = {}  # objects out of the collector's reach when each pass starts
+    full_every: dict[str, int] = {}  # the collector's gen-2 threshold then
 
     def watch(event) -> None:
         if isinstance(event, PassStarted):
-            frozen[event.name] = gc.get_freeze_count()
+            frozen[event.name], full_every[event.name] = gc.get_freeze_count(), gc.get_threshold()[2]
         elif isinstance(event, TrainStep):
             frozen.setdefault("training", gc.get_freeze_count())
+            full_every.setdefault("training", gc.get_threshold()[2])
 
+    thresholds = gc.get_threshold()
     result, events = run(config, subscribers=[watch])
-    return SimpleNamespace(root=root, config=config, result=result, events=events, frozen=frozen)
+    return SimpleNamespace(root=root, config=config, result=result, events=events, frozen=frozen,
+                           full_every=full_every, thresholds_before=thresholds)
 
 
 def variant(main: SimpleNamespace, output: str, evaluate: bool = False) -> dict:
@@ -121,6 +125,13 @@ def test_collections_skip_what_earlier_passes_left_until_the_run_ends(main):
     assert main.frozen["lora"] == 0 < main.frozen["training"]
     assert 0 < main.frozen["merge"] <= main.frozen["mb"]
     assert gc.get_freeze_count() == 0
+
+
+def test_full_collections_wait_for_pass_ends_but_run_as_usual_in_training(main):
+    usual = main.thresholds_before[2]
+    assert all(main.full_every[name] > 1000 * usual for name in ("lora", "merge", "mb"))
+    assert main.full_every["training"] == usual
+    assert gc.get_threshold() == main.thresholds_before
 
 
 def test_published_model_loads_and_generates(main):

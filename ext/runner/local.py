@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from ..config import load_config, schema
 from ..errors import ConfigError, PassFailed, TunecellError
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
-from ..memory import release_memory
+from ..memory import full_collections_deferred, release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
 from ..planner import Plan, plan as make_plan
@@ -109,7 +109,8 @@ class LocalRun:
         started = time.perf_counter()
         result = None
         try:
-            with _scratch_env(self.scratch):
+            # the libraries a pass imports would otherwise be walked by every full collection on the way
+            with _scratch_env(self.scratch), full_collections_deferred():
                 if self.config.clean_cache:
                     self.cache.clear()
                 artifact = self._input()
