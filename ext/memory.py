@@ -33,7 +33,7 @@ def release_memory(freeze_survivors: bool = False) -> None:
 
 
 _NEVER = 10**9  # a gen-2 threshold no run reaches: it counts young collections
-_PYTHON_DEFAULT = 10  # CPython's own gen-2 threshold
+_usual: list[int] = []  # the gen-2 thresholds full_collections_deferred replaced, outermost first
 
 
 @contextlib.contextmanager
@@ -54,8 +54,12 @@ def full_collections_deferred() -> Iterator[None]:
     again: 1.2 s of a 14 s run of the tiny model on this project's machine, against 0.3 s for the young ones. The
     cost: reference cycles that outlive the young generations wait for the next explicit collection. Process-wide,
     as the collector is (a notebook's other threads too), until the block ends."""
-    with _full_collections_every(_NEVER):
-        yield
+    _usual.append(gc.get_threshold()[2])
+    try:
+        with _full_collections_every(_NEVER):
+            yield
+    finally:
+        _usual.pop()
 
 
 @contextlib.contextmanager
@@ -67,8 +71,7 @@ def older_objects_frozen() -> Iterator[None]:
 
     Full collections run as usual in the block, also where they were deferred: they walk only what the block
     makes, and a long training's cyclic garbage would otherwise wait for the pass's end."""
-    usual = _PYTHON_DEFAULT if gc.get_threshold()[2] == _NEVER else gc.get_threshold()[2]
-    with _full_collections_every(usual):
+    with _full_collections_every(_usual[0] if _usual else gc.get_threshold()[2]):
         if gc.get_freeze_count():
             yield
             return
