@@ -5,6 +5,8 @@ import contextlib
 import functools
 import logging
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -258,6 +260,43 @@ def test_serialized_weights_are_released():
                                   np.arange(12, dtype=np.float32).reshape(3, 4))
     assert list(onnx_ir.from_proto(lone).numpy()) == [1.0, 1.0]
     assert onnx_ir.to_proto.__name__ == "to_proto" and serde.serialize_tensor_into.__name__ == "serialize_tensor_into"
+
+
+def test_onnx_reference_schemas_are_read_on_first_use():
+    """The int4 build's imports leave the schema table of onnx's reference evaluator unread (9-10 MiB); the
+    evaluator's first lookup reads it, whole. In a fresh interpreter: the table is module state."""
+    script = """
+import numpy as np
+import onnx.defs
+from onnx import TensorProto, helper
+
+reads = []
+read_all = onnx.defs.get_all_schemas_with_history
+onnx.defs.get_all_schemas_with_history = lambda: reads.append(1) or read_all()
+
+from tunecell.passes.model_builder import reference_schemas_read_on_use
+reference_schemas_read_on_use()
+import onnxruntime.quantization  # what imports onnx.reference in a build
+from onnx.reference import ReferenceEvaluator, op_run
+table = op_run._schemas
+assert reads == [], reads
+reference_schemas_read_on_use()  # onnx.reference imported already: left as it is
+assert op_run._schemas is table
+
+floats = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2]) for name in "xyz"]
+add = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "g", floats[:2],
+                                          floats[2:]))
+one = np.ones(2, np.float32)
+assert ReferenceEvaluator(add).run(None, {"x": one, "y": one})[0].tolist() == [2.0, 2.0]
+assert reads == [1], reads
+expected = op_run._build_schemas()
+assert sorted(table) == sorted(expected) and len(table) == len(expected)
+assert all(table[name].since_version == expected[name].since_version for name in expected)
+assert reads == [1, 1], reads  # the table is read once; the second read was _build_schemas above
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_weights_read_into_memory_maps_no_file(merged):

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from ..config import load_config, schema
 from ..errors import ConfigError, PassFailed, TunecellError
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
+from ..imports import transformers_scanned_once
 from ..memory import full_collections_deferred, release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
@@ -160,6 +161,7 @@ class LocalRun:
         for step in self.plan.steps:
             identity, settings = self._key(step, identity), self.config.passes[step.name]
             if isinstance(settings, schema.LoRA) and not self.cache.entry(step.name, identity).complete:
+                transformers_scanned_once()
                 check_training_args(settings, step.name)
 
     def _input(self) -> Artifact:
@@ -210,6 +212,8 @@ class LocalRun:
             with entry.building() as folder:  # None: another run built it while this one waited for the lock
                 built = folder is not None
                 if built:
+                    if "transformers" in pass_specs()[step.type].packages:
+                        transformers_scanned_once()
                     ctx = PassContext(step.name, self.config, folder / "artifact", folder / "work", self.scratch,
                                       self.bus, self.stop)
                     stats = pass_specs()[step.type].run(source, cfg, ctx)
