@@ -262,6 +262,53 @@ def test_serialized_weights_are_released():
     assert onnx_ir.to_proto.__name__ == "to_proto" and serde.serialize_tensor_into.__name__ == "serialize_tensor_into"
 
 
+def test_matmul_weights_are_lent_to_the_quantizer_not_copied():
+    """A MatMul weight stays out of the serialized copy: to_array reads the graph's own values, the weight is let
+    go once the copy no longer holds it (the quantizer replaced it), and one still held is written in when the
+    result is read back."""
+    import gc
+    import weakref
+
+    import numpy as np
+    import onnx
+    import onnx_ir
+    import torch
+    from onnx import numpy_helper
+    from onnx_ir.tensor_adapters import TorchTensor
+
+    first, second = torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.ones(4, 2)
+    first_alive = weakref.ref(first)
+    x = onnx_ir.Value(name="x", type=onnx_ir.TensorType(onnx_ir.DataType.FLOAT), shape=onnx_ir.Shape([1, 3]))
+    weights = []
+    for name, tensor in (("first", first), ("second", second)):
+        weight = onnx_ir.Value(name=name, type=onnx_ir.TensorType(onnx_ir.DataType.FLOAT),
+                               shape=onnx_ir.Shape(list(tensor.shape)))
+        weight.const_value = TorchTensor(tensor, name=name)
+        weights.append(weight)
+    hidden = onnx_ir.node("MatMul", [x, weights[0]])
+    out = onnx_ir.node("MatMul", [hidden.outputs[0], weights[1]])
+    graph = onnx_ir.Graph([x], out.outputs, nodes=[hidden, out], initializers=weights, name="g",
+                          opset_imports={"": 21})
+    model = onnx_ir.Model(graph, ir_version=10)
+    del first, second, weights
+    with weights_released_once_serialized():
+        proto = onnx_ir.to_proto(model)
+        initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+        assert all(tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.raw_data
+                   for tensor in initializers.values())
+        np.testing.assert_array_equal(numpy_helper.to_array(initializers["first"]),
+                                      np.arange(12, dtype=np.float32).reshape(3, 4))
+        proto.graph.initializer.remove(initializers["first"])  # what the quantizer does once it replaced it
+        np.testing.assert_array_equal(numpy_helper.to_array(initializers["second"]), np.ones((4, 2), np.float32))
+        gc.collect()
+        assert first_alive() is None
+        back = onnx_ir.from_proto(proto)
+    assert [tensor.name for tensor in proto.graph.initializer] == ["second"]
+    np.testing.assert_array_equal(numpy_helper.to_array(proto.graph.initializer[0]), np.ones((4, 2), np.float32))
+    np.testing.assert_array_equal(back.graph.initializers["second"].const_value.numpy(), np.ones((4, 2), np.float32))
+    assert numpy_helper.to_array.__name__ == "to_array" and onnx_ir.from_proto.__name__ == "from_proto"
+
+
 def test_onnx_reference_schemas_are_read_on_first_use():
     """The int4 build's imports leave the schema table of onnx's reference evaluator unread (9-10 MiB); the
     evaluator's first lookup reads it, whole. In a fresh interpreter: the table is module state."""
@@ -324,14 +371,15 @@ def test_weights_read_into_memory_maps_no_file(merged):
     assert all(torch.equal(read[name], expected[name]) for name in read)
 
 
-@pytest.mark.parametrize("precision,slicing", [
-    ("int4", {"workers": 2}),  # default slices: the tiny model's larger weights go to two threads
-    ("int4", {"blocks_per_slice": 64, "workers": 1}),
-    ("fp32", {}),
-], ids=["int4 on two threads", "int4 in 64-block slices", "fp32"])
-def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision, slicing):
+@pytest.mark.parametrize("precision,slicing,algo", [
+    ("int4", {"workers": 2}, "k_quant_mixed"),  # default slices: the tiny model's larger weights go to two threads
+    ("int4", {"blocks_per_slice": 64, "workers": 1}, "k_quant_mixed"),
+    ("int4", {}, None),  # the builder's own method: lent weights are written back before it runs
+    ("fp32", {}, "k_quant_mixed"),
+], ids=["int4 on two threads", "int4 in 64-block slices", "int4 builder default", "fp32"])
+def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precision, slicing, algo):
     """The builder with k_quant in slices (the default method, k_quant_mixed: 4- and 8-bit weights), pread
-    weights released once serialized, against the builder left as it is."""
+    weights released once serialized or lent to the quantizer, against the builder left as it is."""
     import concurrent.futures
 
     pools = []
@@ -344,13 +392,13 @@ def test_lean_build_writes_the_same_bytes(merged, tmp_path, monkeypatch, precisi
     monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", CountedPool)
     monkeypatch.setattr(model_builder, "k_quant_in_slices", functools.partial(k_quant_in_slices, **slicing))
     lean = tmp_path / "lean"
-    build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
+    build_onnx(merged, lean, precision=precision, execution_provider="cpu", int4_algo_config=algo,
                scratch_dir=tmp_path / "scratch")
     assert bool(pools) == (slicing.get("workers") == 2 and precision == "int4")  # the threads ran where meant to
     for name in ("k_quant_in_slices", "weights_read_into_memory", "weights_released_once_serialized"):
         monkeypatch.setattr(model_builder, name, contextlib.nullcontext)
     plain = tmp_path / "plain"
-    build_onnx(merged, plain, precision=precision, execution_provider="cpu", int4_algo_config="k_quant_mixed",
+    build_onnx(merged, plain, precision=precision, execution_provider="cpu", int4_algo_config=algo,
                scratch_dir=tmp_path / "scratch")
     for name in ("model.onnx", "model.onnx.data"):
         assert (lean / name).read_bytes() == (plain / name).read_bytes(), name

@@ -201,53 +201,126 @@ def weights_read_into_memory() -> Iterator[None]:
         modeling.safe_open = opened
 
 
+LENT = "tunecell-lent-weight"  # the external-data location marking a MatMul weight left out of a serialized copy
+
+
 @contextmanager
 def weights_released_once_serialized() -> Iterator[None]:
-    """Let go of each weight of an ONNX IR model as soon as onnx_ir.to_proto has copied it into the protobuf.
+    """Keep one copy of each weight while the builder serializes its ONNX IR graph for int4 quantization.
 
-    For int4 the builder serializes its whole fp32 graph once, hands that copy to onnxruntime's quantizer and
-    only uses the quantized result afterwards. Its own graph still points at the torch weights, which would
-    otherwise stay in memory next to their copy through the whole quantization: 540 MB for SmolLM2. Each is
-    dropped once copied, and the heap trimmed every 64 MB, so the copy takes the weights' place instead of
-    doubling them. That changes no output byte (tests/test_passes_model.py).
+    For int4 the builder serializes its whole fp32 graph once (onnx_ir.to_proto), hands that copy to onnxruntime's
+    quantizer and only uses the quantized result afterwards. Its own graph still points at the torch weights,
+    which would otherwise stay in memory next to their copy through the whole quantization: 540 MB for SmolLM2.
+    - A weight a MatMul multiplies by is not copied: the copy names it as external data at LENT, and
+      onnx.numpy_helper.to_array (how the quantizer reads weights) gives the graph's own values for it. Once the
+      quantizer has replaced a weight (it is no longer among the copy's initializers) the weight is let go, so
+      the fp32 weights leave memory one by one during quantization: the protobuf runtime (upb) would keep a
+      copied weight until the whole copy is freed, even once the quantizer has removed it. A lent weight still
+      in the copy when the builder reads the result back (onnx_ir.from_proto) is written into it then, and
+      all are written in before any other quantization method runs (they read weights in other ways).
+    - Any other weight is dropped from the graph once copied, and the heap trimmed every 64 MB.
+    That changes no output byte (tests/test_passes_model.py).
     """
+    import numpy as np
+    import onnx
     import onnx_ir
+    from onnx import numpy_helper
     from onnx_ir import serde
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from ..memory import release_memory, trim_heap
 
     serialize_model, serialize_tensor = onnx_ir.to_proto, serde.serialize_tensor_into
+    read_array, deserialize_model = numpy_helper.to_array, onnx_ir.from_proto
     owners: dict[int, object] = {}  # id(weight) -> the initializer holding it, while a model is serialized
+    multiplied: set[int] = set()  # id(weight) of MatMul weights, while a model is serialized
+    lent: dict[str, object] = {}  # name -> a MatMul weight the copies leave out
+    copies: list = []  # the serialized models lent weights are named in
     untrimmed = 0  # bytes released since the heap was last trimmed
+
+    def release(nbytes: int) -> None:
+        nonlocal untrimmed
+        untrimmed += nbytes
+        if untrimmed >= 64 << 20:  # freed weights stay resident until trimmed (tunecell.memory)
+            trim_heap()
+            untrimmed = 0
+
+    def is_lent(tensor_proto) -> bool:
+        return (tensor_proto.data_location == onnx.TensorProto.EXTERNAL
+                and any(entry.key == "location" and entry.value == LENT for entry in tensor_proto.external_data))
 
     def model_to_proto(ir_object, *args, **kwargs):
         if not isinstance(ir_object, onnx_ir.Model):
             return serialize_model(ir_object, *args, **kwargs)
-        owners.update((id(value.const_value), value) for value in ir_object.graph.initializers.values()
+        graph = ir_object.graph
+        owners.update((id(value.const_value), value) for value in graph.initializers.values()
                       if value.const_value is not None)
+        multiplied.update(id(node.inputs[1].const_value) for node in graph
+                          if node.op_type == "MatMul" and node.domain == "" and len(node.inputs) == 2
+                          and node.inputs[1] is not None and node.inputs[1].is_initializer()
+                          and node.inputs[1].const_value is not None and len(node.inputs[1].const_value.shape) == 2)
         try:
-            return serialize_model(ir_object, *args, **kwargs)
+            copy = serialize_model(ir_object, *args, **kwargs)
         finally:
             owners.clear()
+            multiplied.clear()
             release_memory()  # the IR's values and nodes form reference cycles
+        copies.append(copy)
+        return copy
 
     def tensor_into_proto(tensor_proto, from_, *args, **kwargs):
-        nonlocal untrimmed
-        result = serialize_tensor(tensor_proto, from_, *args, **kwargs)
         owner = owners.pop(id(from_), None)
+        if owner is not None and id(from_) in multiplied:
+            lent[from_.name] = from_
+            stand_in = onnx_ir.ExternalTensor(LENT, None, None, from_.dtype, shape=onnx_ir.Shape(from_.shape.numpy()),
+                                              name=from_.name)
+            result = serialize_tensor(tensor_proto, stand_in, *args, **kwargs)
+        else:
+            result = serialize_tensor(tensor_proto, from_, *args, **kwargs)
         if owner is not None:
             owner.const_value = None
-            untrimmed += from_.nbytes
-            if untrimmed >= 64 << 20:  # freed weights stay resident until trimmed (tunecell.memory)
-                trim_heap()
-                untrimmed = 0
+            if id(from_) not in multiplied:
+                release(from_.nbytes)
         return result
 
+    def to_array(tensor, *args, **kwargs):
+        if not is_lent(tensor):
+            return read_array(tensor, *args, **kwargs)
+        present = {initializer.name for copy in copies for initializer in copy.graph.initializer}
+        for name in [name for name in lent if name not in present]:  # replaced by the quantizer
+            release(lent.pop(name).nbytes)
+        return np.array(lent[tensor.name].numpy(), order="C")  # the caller's own array, as read_array gives
+
+    def write_back(copy) -> None:
+        for initializer in copy.graph.initializer:
+            if is_lent(initializer):
+                weight = lent.pop(initializer.name)
+                initializer.Clear()
+                serialize_tensor(initializer, weight)
+        copies[:] = [other for other in copies if other is not copy]
+
+    def model_from_proto(proto, *args, **kwargs):
+        if isinstance(proto, onnx.ModelProto):
+            write_back(proto)
+        return deserialize_model(proto, *args, **kwargs)
+
+    def process(quantizer):
+        # only RTN and k_quant (onnxruntime's rtn_quantize) read weights through to_array alone
+        if getattr(quantizer.algo_config, "algorithm", None) not in ("RTN", "k_quant"):
+            for copy in list(copies):
+                write_back(copy)
+        return quantize(quantizer)
+
+    quantize = MatMulNBitsQuantizer.process
     onnx_ir.to_proto, serde.serialize_tensor_into = model_to_proto, tensor_into_proto
+    numpy_helper.to_array, onnx_ir.from_proto, MatMulNBitsQuantizer.process = to_array, model_from_proto, process
     try:
         yield
     finally:
         onnx_ir.to_proto, serde.serialize_tensor_into = serialize_model, serialize_tensor
+        numpy_helper.to_array, onnx_ir.from_proto, MatMulNBitsQuantizer.process = read_array, deserialize_model, quantize
+        lent.clear()
+        copies.clear()
 
 
 @contextmanager
