@@ -302,6 +302,8 @@ def weights_released_once_serialized() -> Iterator[None]:
     def model_from_proto(proto, *args, **kwargs):
         if isinstance(proto, onnx.ModelProto):
             write_back(proto)
+            if not copies:
+                lent.clear()  # what the quantizer replaced since its last read
         return deserialize_model(proto, *args, **kwargs)
 
     def process(quantizer):
