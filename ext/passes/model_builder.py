@@ -255,10 +255,7 @@ def weights_released_once_serialized() -> Iterator[None]:
         graph = ir_object.graph
         owners.update((id(value.const_value), value) for value in graph.initializers.values()
                       if value.const_value is not None)
-        multiplied.update(id(node.inputs[1].const_value) for node in graph
-                          if node.op_type == "MatMul" and node.domain == "" and len(node.inputs) == 2
-                          and node.inputs[1] is not None and node.inputs[1].is_initializer()
-                          and node.inputs[1].const_value is not None and len(node.inputs[1].const_value.shape) == 2)
+        multiplied.update(id(weight) for weight in map(_matmul_weight, graph) if weight is not None)
         try:
             copy = serialize_model(ir_object, *args, **kwargs)
         finally:
@@ -270,18 +267,17 @@ def weights_released_once_serialized() -> Iterator[None]:
 
     def tensor_into_proto(tensor_proto, from_, *args, **kwargs):
         owner = owners.pop(id(from_), None)
-        if owner is not None and id(from_) in multiplied:
-            lent[from_.name] = from_
-            stand_in = onnx_ir.ExternalTensor(LENT, None, None, from_.dtype, shape=onnx_ir.Shape(from_.shape.numpy()),
-                                              name=from_.name)
-            result = serialize_tensor(tensor_proto, stand_in, *args, **kwargs)
-        else:
+        if owner is None:
+            return serialize_tensor(tensor_proto, from_, *args, **kwargs)
+        owner.const_value = None
+        if id(from_) not in multiplied:
             result = serialize_tensor(tensor_proto, from_, *args, **kwargs)
-        if owner is not None:
-            owner.const_value = None
-            if id(from_) not in multiplied:
-                release(from_.nbytes)
-        return result
+            release(from_.nbytes)
+            return result
+        lent[from_.name] = from_
+        stand_in = onnx_ir.ExternalTensor(LENT, None, None, from_.dtype, shape=onnx_ir.Shape(from_.shape.numpy()),
+                                          name=from_.name)
+        return serialize_tensor(tensor_proto, stand_in, *args, **kwargs)
 
     def to_array(tensor, *args, **kwargs):
         if not is_lent(tensor):
@@ -323,6 +319,16 @@ def weights_released_once_serialized() -> Iterator[None]:
         numpy_helper.to_array, onnx_ir.from_proto, MatMulNBitsQuantizer.process = read_array, deserialize_model, quantize
         lent.clear()
         copies.clear()
+
+
+def _matmul_weight(node):
+    """The constant 2-D weight a plain MatMul node multiplies by, or None."""
+    if node.op_type != "MatMul" or node.domain != "" or len(node.inputs) != 2:
+        return None
+    weight = node.inputs[1]
+    if weight is None or not weight.is_initializer() or weight.const_value is None:
+        return None
+    return weight.const_value if len(weight.const_value.shape) == 2 else None
 
 
 @contextmanager
