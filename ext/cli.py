@@ -113,9 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     if args.whole_process and not uses_bitsandbytes(config):
-        # peft and transformers' Trainer import bitsandbytes whenever it is installed, and it compiles its CPU
-        # kernels with torch.compile as it loads: 1.1-1.4 s and 45 MB here. A blocked import reads as "not
-        # installed" to both, who cache that answer: so only in a process that runs nothing after this config.
+        # peft and transformers' Trainer import bitsandbytes whenever it is installed: 2-4 MB here, once its
+        # torch.compile calls wait for first use (tunecell.imports; before that, 1.1-1.4 s and 45 MB). A blocked
+        # import reads as "not installed" to both, who cache that answer: so only in a process that runs nothing
+        # after this config.
         sys.modules.setdefault("bitsandbytes", None)
     with contextlib.ExitStack() as stack:
         try:

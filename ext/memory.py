@@ -63,20 +63,9 @@ def full_collections_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def older_objects_frozen() -> Iterator[None]:
-    """Keep the objects that exist now (torch's, transformers', the notebook's) out of the collector's full walks
-    until the block ends: Trainer ends with accelerate's gc.collect(), 0.2 s over all of them on this project's
-    machine. They are handed back afterwards, so that reference cycles made in the block can be collected. Objects
-    frozen already (by the runner after an earlier pass, or by the caller) are left as they are.
-
-    Full collections run as usual in the block, also where they were deferred: they walk only what the block
-    makes, and a long training's cyclic garbage would otherwise wait for the pass's end."""
+def full_collections_resumed() -> Iterator[None]:
+    """Full collections run as usual in the block, also where they were deferred: a long training's cyclic garbage
+    would otherwise wait for the pass's end. Once the runner froze the libraries they walk only what the block
+    makes."""
     with _full_collections_every(_usual[0] if _usual else gc.get_threshold()[2]):
-        if gc.get_freeze_count():
-            yield
-            return
-        gc.freeze()
-        try:
-            yield
-        finally:
-            gc.unfreeze()
+        yield

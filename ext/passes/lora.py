@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional
 from ..config import schema
 from ..errors import ConfigError
 from ..events import TrainStep
-from ..memory import older_objects_frozen
+from ..memory import full_collections_resumed
 from .base import Artifact, Interrupted, PassContext
 
 
@@ -61,7 +61,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
         ctx.log(f"resuming from {resume.name}")
     started = time.perf_counter()
     try:
-        with _interrupt_sets(ctx.stop), older_objects_frozen():
+        with _interrupt_sets(ctx.stop), full_collections_resumed():
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except KeyboardInterrupt:
         # Raised between steps (by a callback) the state is a whole step: keep it. A second Ctrl-C may land within

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from ..config import load_config, schema
 from ..errors import ConfigError, PassFailed, TunecellError
 from ..events import EventBus, Log, MetricResult, PassFinished, PassStarted, RunFinished, RunStarted, Subscriber
-from ..imports import transformers_scanned_once
+from ..imports import lean_imports
 from ..memory import full_collections_deferred, release_memory
 from ..passes.base import Artifact, Interrupted, PassContext
 from ..passes.registry import pass_specs
@@ -117,6 +117,8 @@ class LocalRun:
                 artifact = self._input()
                 self.data_hashes = self._data_hashes()
                 self._check_settings(artifact)
+                if self.freezes:  # the libraries imported so far live as long as the process: collections skip them
+                    gc.freeze()
                 self.bus.emit(RunStarted(self.run_id, [[s.name, s.type] for s in self.plan.steps],
                                          self.config_hash, self.model_source))
                 self.bus.log(f"input model: {self.model_source}")  # after RunStarted: every event is in a run
@@ -161,7 +163,7 @@ class LocalRun:
         for step in self.plan.steps:
             identity, settings = self._key(step, identity), self.config.passes[step.name]
             if isinstance(settings, schema.LoRA) and not self.cache.entry(step.name, identity).complete:
-                transformers_scanned_once()
+                lean_imports()
                 check_training_args(settings, step.name)
 
     def _input(self) -> Artifact:
@@ -213,7 +215,7 @@ class LocalRun:
                 built = folder is not None
                 if built:
                     if "transformers" in pass_specs()[step.type].packages:
-                        transformers_scanned_once()
+                        lean_imports()
                     ctx = PassContext(step.name, self.config, folder / "artifact", folder / "work", self.scratch,
                                       self.bus, self.stop)
                     stats = pass_specs()[step.type].run(source, cfg, ctx)
