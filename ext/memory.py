@@ -23,9 +23,9 @@ def release_memory(freeze_survivors: bool = False) -> None:
     """Hand freed memory back to the system: objects in reference cycles (a Trainer, its callbacks and its model;
     an ONNX IR graph) wait for the collector, and glibc keeps freed heap pages unless trimmed.
 
-    ``freeze_survivors``: move what survived the collection out of later ones until ``gc.unfreeze()``. Once torch
-    and transformers are imported that is over a million objects, which every full collection walks again
-    (0.25 s each on this project's machine)."""
+    ``freeze_survivors``: move what survived the collection out of later ones until ``gc.unfreeze()``, as the
+    runner did with the imported libraries before the first pass: later collections walk only what the next pass
+    makes."""
     gc.collect()
     if freeze_survivors:
         gc.freeze()

@@ -120,9 +120,8 @@ def test_lora_merge_int4_succeeds_and_publishes_its_artifacts(main):
 
 
 def test_collections_skip_the_libraries_and_what_earlier_passes_left_until_the_run_ends(main):
-    # from the first pass on, the imported libraries are out of the collector's walks, then what each pass left;
-    # the run unfreezes them
-    # (a frozen object that dies leaves the count)
+    # from the first pass on, the imported libraries are out of the collector's walks, then what each pass left
+    # (a frozen object that dies leaves the count); the run unfreezes them
     assert main.frozen["lora"] > 100_000 and main.frozen["training"] > 100_000
     assert main.frozen["training"] < main.frozen["merge"] <= main.frozen["mb"]
     assert gc.get_freeze_count() == 0
