@@ -115,15 +115,16 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 12, workers: Optional[int] = 
     Its CPU function quantizes a whole weight in one vectorized call whose temporaries come to about ten times the
     weight's fp32 size: 1.1 GB for SmolLM2's 113 MB lm_head, which made it the int4 build's peak. Each block of
     group_size values is quantized on its own, so slicing changes no output byte (tests/test_passes_model.py).
-    The slices are taken by rows of the (transposed, non-contiguous) weight, so the weight is never copied whole,
-    and the quantized values are kept as uint8 rather than float64: they are integers from 0 to 2**num_bits - 1,
-    and the one caller (rtn_quantize's k_quant branch) converts them to uint8 anyway.
-    Its search is numpy on whole arrays, which lets go of the GIL, so ``workers`` threads (default: the CPUs this
+    The slices are taken by rows of the (transposed, non-contiguous) weight, so the weight is never copied whole.
+    Each slice goes through tunecell.passes.k_quant, onnxruntime's arithmetic in a faster layout, which gives the
+    quantized values as uint8 rather than float64 (integers from 0 to 2**num_bits - 1 either way; the one caller,
+    rtn_quantize's k_quant branch, converts them to uint8).
+    The search is numpy on whole arrays, which lets go of the GIL, so ``workers`` threads (default: the CPUs this
     process may use) quantize slices side by side, each weight split over them, in slices of at least
     ``parallel_min_blocks`` blocks (on smaller arrays the threads would mostly wait for the GIL). On SmolLM2's
-    lm_head, 2 CPUs: 5.5 s whole, 4.2 s in slices of 16384 blocks (their temporaries stay in cache), 2.5 s in
-    those slices on 2 threads. Slices of 4096 blocks take as long on 2 threads (3.3-3.8 s against 3.6-3.7 s in
-    one measurement) with 30 MiB less at the peak (10 MiB less on the tiny test model); 2048 take 15% longer.
+    lm_head, 2 CPUs, with onnxruntime's function: 5.5 s whole, 4.2 s in slices of 16384 blocks (their temporaries
+    stay in cache), 2.5 s in those slices on 2 threads. Slices of 4096 blocks took as long on 2 threads (3.3-3.8 s
+    against 3.6-3.7 s in one measurement) with 30 MiB less at the peak; 2048 took 15% longer.
     Where onnxruntime lacks the function (another version), nothing is changed.
     """
     try:
@@ -139,6 +140,7 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 12, workers: Optional[int] = 
     import numpy as np
 
     from ..cpus import usable_cpus
+    from .k_quant import quantize as k_quant
 
     workers = workers or usable_cpus()
 
@@ -153,13 +155,13 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 12, workers: Optional[int] = 
             rows_per_slice = min(rows_per_slice, rows_per_worker)
         blocks = len(rows) * blocks_per_row
         # q_weight (blocks, group_size), scale and zero_point (blocks, 1), typed as one row's quantization
-        outputs = tuple(np.empty((blocks,) + part.shape[1:], np.uint8 if i == 0 else part.dtype)
-                        for i, part in enumerate(whole(rows[:1], num_bits, group_size)))
+        outputs = tuple(np.empty((blocks,) + part.shape[1:], part.dtype)
+                        for part in k_quant(rows[:1], num_bits, group_size))
 
         def quantize(start):
             first = start * blocks_per_row
-            for output, part in zip(outputs, whole(rows[start:start + rows_per_slice], num_bits, group_size)):
-                np.copyto(output[first:first + len(part)], part, casting="unsafe")
+            for output, part in zip(outputs, k_quant(rows[start:start + rows_per_slice], num_bits, group_size)):
+                output[first:first + len(part)] = part
 
         starts = range(0, len(rows), rows_per_slice)
         if workers > 1 and len(starts) > 1 and rows_per_slice * blocks_per_row >= parallel_min_blocks:
