@@ -222,7 +222,7 @@ class ModelBuilder(Model):
     # down projections of some layers in int8), not the builder's "default": on the demo (SmolLM2-135M, tone task,
     # 98 held-out rows) against the merged fp32 model, "default" lost 10 points, rtn 2 to 4, k_quant -1 to 4 (1.8
     # on average over four trainings), k_quant_mixed 0.25 on average (at most 2), for 28% more bytes than k_quant
-    # and 5% slower decoding (bench/README.md, rows 5 and 7). k_quant's search costs build time: about 25 s against
+    # and 5% slower decoding (bench/README.md, rows 5 and 7). k_quant's search costs build time: about 20 s against
     # rtn's 10 on the demo. The *_last and *_mixed names are the builder's own. An algo_config in extra_options
     # wins over this field.
     int4_algo_config: Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed"] = \
