@@ -33,16 +33,13 @@ def quantize(data: np.ndarray, num_bits: int = 4, group_size: int = 32) -> tuple
         rmin, rmax = np.min(x, axis=0), np.max(x, axis=0)
         sum_w = _block_sums(weights)
         sum_x = _block_sums(weights * x)
-        iscale = np.ones_like(rmax)
-        np.divide(maxq - minq, rmax - rmin, out=iscale, where=rmin != rmax)
+        iscale = _inverse_scale(maxq - minq, rmin, rmax)
         scale = 1 / iscale
         best_mad = _mad(scale, _quantized(x, rmin, iscale, minq, maxq), rmin, x, weights)
         sums = np.empty((group_size, 3, x.shape[1]), np.float32)  # per value: w * l, w * l * l, w * l * x
         for step in range(20):
             factor = np.array([-1 + 0.1 * step + maxq - minq]).astype(np.float32)[0]
-            iscale_new = np.ones_like(rmax)
-            np.divide(factor, rmax - rmin, out=iscale_new, where=rmin != rmax)
-            levels = _quantized(x, rmin, iscale_new, minq, maxq)
+            levels = _quantized(x, rmin, _inverse_scale(factor, rmin, rmax), minq, maxq)
             np.multiply(weights, levels, out=sums[:, 0])
             np.multiply(sums[:, 0], levels, out=sums[:, 1])
             np.multiply(sums[:, 0], x, out=sums[:, 2])
@@ -62,6 +59,13 @@ def quantize(data: np.ndarray, num_bits: int = 4, group_size: int = 32) -> tuple
     np.round(q, out=q)
     np.clip(q, minq, maxq, out=q)
     return q.T.astype(np.uint8), scale[:, None], zero_point[:, None]
+
+
+def _inverse_scale(levels, rmin, rmax):
+    """levels / (rmax - rmin), and 1 for a block without a range."""
+    iscale = np.ones_like(rmax)
+    np.divide(levels, rmax - rmin, out=iscale, where=rmin != rmax)
+    return iscale
 
 
 def _quantized(x, rmin, iscale, minq, maxq):

@@ -154,9 +154,9 @@ def k_quant_in_slices(blocks_per_slice: int = 1 << 12, workers: Optional[int] = 
         if rows_per_worker * blocks_per_row >= parallel_min_blocks:  # spread every weight over the CPUs
             rows_per_slice = min(rows_per_slice, rows_per_worker)
         blocks = len(rows) * blocks_per_row
-        # q_weight (blocks, group_size), scale and zero_point (blocks, 1), typed as one row's quantization
-        outputs = tuple(np.empty((blocks,) + part.shape[1:], part.dtype)
-                        for part in k_quant(rows[:1], num_bits, group_size))
+        # as k_quant gives them: q_weight (blocks, group_size), scale and zero_point (blocks, 1)
+        outputs = (np.empty((blocks, group_size), np.uint8), np.empty((blocks, 1), np.float64),
+                   np.empty((blocks, 1), np.uint8))
 
         def quantize(start):
             first = start * blocks_per_row
