@@ -132,7 +132,7 @@ sys.exit(entry())
 """
 
 
-def test_the_console_command_is_entry(tmp_path):
+def test_the_console_command_is_entry():
     from importlib.metadata import entry_points
 
     (command,) = entry_points(group="console_scripts", name="tunecell")

@@ -1,10 +1,9 @@
 """tunecell.passes.k_quant against onnxruntime's own k-quant search: every output bit the same."""
 import numpy as np
 import pytest
+from onnxruntime.quantization.neural_compressor import weight_only
 
 from tunecell.passes.k_quant import _block_sums, quantize
-
-weight_only = pytest.importorskip("onnxruntime.quantization.neural_compressor.weight_only")
 
 
 def awkward_weight(rows: int, group_size: int, scale: float, seed: int) -> np.ndarray:
