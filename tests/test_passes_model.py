@@ -309,6 +309,33 @@ def test_matmul_weights_are_lent_to_the_quantizer_not_copied():
     assert numpy_helper.to_array.__name__ == "to_array" and onnx_ir.from_proto.__name__ == "from_proto"
 
 
+def test_the_builder_imports_other_model_families_on_first_use():
+    """The builder's module-level imports of multimodal and speech model classes leave their modeling code
+    unimported; a stand-in's attribute is the class's own, and transformers keeps the real classes. In a fresh
+    interpreter: what is imported is process state."""
+    script = """
+import sys
+import transformers
+from tunecell.passes.model_builder import builder_imported_without_other_models
+builder_imported_without_other_models()
+base, qwen = sys.modules["builders.base"], sys.modules["builders.qwen"]  # the builder's own module names
+modeling = ["transformers.models.qwen3_vl.modeling_qwen3_vl", "transformers.models.qwen2.modeling_qwen2"]
+assert not [m for m in modeling if m in sys.modules], [m for m in modeling if m in sys.modules]
+assert not isinstance(base.Qwen3VLForConditionalGeneration, type)
+real = transformers.Qwen3VLForConditionalGeneration  # transformers' own attribute: the class
+assert isinstance(real, type) and real.__name__ == "Qwen3VLForConditionalGeneration"
+assert base.Qwen3VLForConditionalGeneration.from_pretrained == real.from_pretrained
+assert qwen.Qwen2ForCausalLM.from_pretrained == transformers.Qwen2ForCausalLM.from_pretrained
+assert all(m in sys.modules for m in modeling)
+builder_imported_without_other_models()  # the builder imported already: no stand-in is made
+assert "Gemma3ForConditionalGeneration" not in vars(transformers)  # none was left behind either
+assert isinstance(transformers.Gemma3ForConditionalGeneration, type)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_onnx_reference_schemas_are_read_on_first_use():
     """The int4 build's imports leave the schema table of onnx's reference evaluator unread (9-10 MiB); the
     evaluator's first lookup reads it, whole. In a fresh interpreter: the table is module state."""
