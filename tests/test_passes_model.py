@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -307,6 +308,23 @@ def test_matmul_weights_are_lent_to_the_quantizer_not_copied():
     np.testing.assert_array_equal(numpy_helper.to_array(proto.graph.initializer[0]), np.ones((4, 2), np.float32))
     np.testing.assert_array_equal(back.graph.initializers["second"].const_value.numpy(), np.ones((4, 2), np.float32))
     assert numpy_helper.to_array.__name__ == "to_array" and onnx_ir.from_proto.__name__ == "from_proto"
+
+
+def test_the_build_writes_onnxruntime_s_cache_files_under_scratch_dir_only(merged, tmp_path):
+    """Importing onnxruntime creates its telemetry folder under XDG_CACHE_HOME: a build's first import of it
+    happens in scratch_dir's environment, never in the user's cache. In a fresh interpreter: nothing imported yet."""
+    script = f"""
+from pathlib import Path
+from tunecell.passes.model_builder import build_onnx
+build_onnx(Path({str(merged)!r}), Path({str(tmp_path / "out")!r}), precision="int4", execution_provider="cpu",
+           scratch_dir=Path({str(tmp_path / "scratch")!r}))
+"""
+    user_cache = tmp_path / "user-cache"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "XDG_CACHE_HOME": str(user_cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "scratch" / "xdg-cache" / "Microsoft").is_dir()
+    assert not user_cache.exists()
 
 
 def test_the_builder_imports_other_model_families_on_first_use():

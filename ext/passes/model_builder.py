@@ -53,10 +53,10 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
     import transformers  # noqa: F401
 
     reference_schemas_read_on_use()
-    builder_imported_without_other_models()
     with _environ(HF_HOME=str(scratch_dir / "hf-home"), XDG_CACHE_HOME=str(scratch_dir / "xdg-cache")), \
             _root_logging_kept(), k_quant_in_slices(), weights_read_into_memory(), \
             weights_released_once_serialized():
+        builder_imported_without_other_models()  # in scratch_dir's environment: it imports onnxruntime
         from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
         # parse_extra_options also loads the HF config and tokenizer that create_model needs ("hf_details")
