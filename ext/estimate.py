@@ -633,7 +633,8 @@ def estimate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *, 
                        schema.ModelBuilder(precision="int4"))
         out.onnx_precision = builder.precision
         out.onnx_bytes = onnx_bytes(skel, builder.precision, config.execution_provider,
-                                    block_size=builder.int4_block_size, symmetric=builder.int4_is_symmetric,
+                                    block_size=int(builder.int4_option("block_size")),
+                                    symmetric=builder.int4_option("is_symmetric"),
                                     algo=builder.int4_method)
     return out
 

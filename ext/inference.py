@@ -214,7 +214,7 @@ class OnnxModel(LoadedModel):
 class HfModel(LoadedModel):
     kind = "hf"
 
-    def __init__(self, path: Path, trust_remote_code: bool = False):
+    def __init__(self, path: Path, trust_remote_code: bool = False, base: Optional[Union[str, Path]] = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -222,7 +222,10 @@ class HfModel(LoadedModel):
         self.path = path
         kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         adapter = path / "adapter_config.json"
-        base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else None
+        if not adapter.is_file():
+            base = None
+        elif base is None:
+            base = json.loads(adapter.read_text())["base_model_name_or_path"]
         # an adapter saved by peft alone has no tokenizer files: its base's tokenizer is the one
         has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         self._tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer or base is None else base, **kwargs)
@@ -345,13 +348,15 @@ class HfModel(LoadedModel):
         return ids, mask
 
 
-def load_model(path: Union[str, Path], *, trust_remote_code: bool = False) -> LoadedModel:
+def load_model(path: Union[str, Path], *, trust_remote_code: bool = False,
+               base: Optional[Union[str, Path]] = None) -> LoadedModel:
     """An ONNX folder (genai_config.json) loads with onnxruntime-genai; an HF folder, or a LoRA adapter over
-    one, with transformers in fp32."""
+    one, with transformers in fp32. An adapter's base model is ``base``, else the one its adapter_config.json
+    names (where it was when the adapter was trained)."""
     path = Path(path)
     if (path / "genai_config.json").is_file():
         return OnnxModel(path)
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
-        return HfModel(path, trust_remote_code=trust_remote_code)
+        return HfModel(path, trust_remote_code=trust_remote_code, base=base)
     raise FileNotFoundError(f"{path} holds neither an ONNX model (genai_config.json), an HF model (config.json) "
                             "nor a LoRA adapter (adapter_config.json)")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Enum, Unicode
 
@@ -28,6 +28,17 @@ def _usage(subcommand: Optional[str] = None) -> str:
     if subcommand is None:
         return f"usage: %tunecell {' | '.join(SUBCOMMANDS)} (%tunecell? for more)"
     return f"usage: %tunecell {subcommand} {SUBCOMMANDS[subcommand]}".rstrip()
+
+
+def _arguments(magic: Any, line: str) -> Any:
+    """The magic's arguments, its line split as a shell splits it (as %tunecell and the tunecell command do): quotes
+    group words and are removed, --set 'passes.lora.target_modules=[q_proj, v_proj]'. IPython's parse_argstring
+    keeps the quotes. Windows has no POSIX escapes: a backslash in a path stays."""
+    try:
+        words = shlex.split(line, posix=os.name == "posix")
+    except ValueError as e:  # an unclosed quote
+        raise UsageError(f"{e}: {line}") from None
+    return magic.parser.parse_args(words)  # its parser raises UsageError
 
 
 def _take_cache_dir(words: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -149,7 +160,7 @@ class TuneCell(Magics):
         """Each line of the body is a prompt; prints the model's answer and its speed."""
         from tunecell.inference import ContextFull
 
-        args = parse_argstring(self.generate, line)
+        args = _arguments(self.generate, line)
         if args.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give 1 or more")
         model = self._model(args.model)
@@ -193,7 +204,7 @@ class TuneCell(Magics):
     def _workflow(self, magic: Any, line: str, cell: str) -> Any:
         from tunecell.errors import PassFailed, TunecellError
 
-        args = parse_argstring(magic, line)
+        args = _arguments(magic, line)
         try:
             if args.form:
                 return self._form(magic.__name__, args, line, cell)

@@ -310,6 +310,14 @@ def test_a_token_pasted_as_hf_token_is_refused_at_load_unechoed(work, override):
     assert e.value.path[-1] in ("hf_token", "aml_compute")
 
 
+def test_a_token_given_to_the_trainer_as_hub_token_is_refused_at_load_unechoed(work):
+    """training_args.hub_token would travel with the job and sit in the manifest and the cache's records."""
+    with pytest.raises(ConfigError, match="a token in the config would be written") as e:
+        load_config(work / "tones.yaml", overrides=[f"passes.lora.training_args.hub_token={TOKEN}"])
+    assert TOKEN not in str(e.value) and "HF_TOKEN" in str(e.value)
+    assert e.value.path == ("passes", "lora", "training_args", "hub_token")
+
+
 def test_importing_tunecell_azureml_and_the_remote_bootstrap_stays_light():
     script = ("import sys, tunecell\n"
               "tunecell.azureml.submit, tunecell.azureml.reconnect, tunecell.azureml.cancel  # no import of its own\n"

@@ -332,7 +332,10 @@ def test_olive_export_numbers_priorities_and_writes_settings_whose_defaults_diff
                                                 "evaluators.tone_eval.metrics.accuracy.label_column",
                                                 "evaluators.tone_eval.metrics.accuracy.max_new_tokens"]
     again = load_config(tmp_path / "olive.json")
-    assert again.passes == config.passes and again.data_configs == config.data_configs
+    assert again.passes == config.passes
+    assert again.data_configs[0].pre_process_data_config == config.data_configs[0].pre_process_data_config
+    assert [c.resolve(c.data_configs[0].load_dataset_config.data_files) for c in (again, config)] == \
+        [Path("example_notebooks/data/tones.jsonl").absolute()] * 2  # rebased to the file's folder
     assert "training_args: warmup_ratio is now warmup_steps" in " ".join(again.notes)
 
 
@@ -360,6 +363,30 @@ def test_a_yaml_export_elsewhere_loads_to_the_same_files_and_folders(tmp_path, m
     hub = load_config(EXAMPLE)
     export_config(hub, tmp_path / "hub.yaml")
     assert load_config(tmp_path / "hub.yaml").input_model.model_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_an_olive_export_elsewhere_loads_to_the_same_files_folders_and_template(tmp_path, monkeypatch):
+    from tunecell.config.export import export_config
+
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "tones.jsonl").write_text('{"phrase": "hi", "tone": "Joy"}\n')
+    written = """text_template: '{phrase} -> {{ "{{" }}"tone": "{tone}"}}'"""  # literal braces: a JSON answer
+    template = '{phrase} -> {{"tone": "{tone}"}}'
+    (tmp_path / "project" / "tones.yaml").write_text(
+        EXAMPLE.replace("example_notebooks/data/tones.jsonl", "data/tones.jsonl").replace(
+            r'text_template: "### Text: {phrase}\n### The tone is:\n{tone}"', written))
+    config = load_config(tmp_path / "project" / "tones.yaml")
+    assert config.data_configs[0].pre_process_data_config.text_template == template
+    monkeypatch.chdir(tmp_path)  # neither folder
+    export_config(config, tmp_path / "shared" / "runs" / "olive.json")
+    olive = json.loads((tmp_path / "shared" / "runs" / "olive.json").read_text())
+    assert olive["data_configs"][0]["pre_process_data_config"]["text_template"] == template  # what Olive reads
+    again = load_config(tmp_path / "shared" / "runs" / "olive.json")
+    for c in (config, again):
+        assert c.resolve(c.data_configs[0].load_dataset_config.data_files) == tmp_path / "project/data/tones.jsonl"
+        assert c.resolve(c.cache_dir) == tmp_path / "project/.tunecell/cache"  # the default, written out
+        assert c.resolve(c.output_dir) == tmp_path / "project/models/tones"
+    assert again.data_configs[0].pre_process_data_config.text_template == template
 
 
 def test_olive_export_leaves_out_a_gguf_file_with_a_note(tmp_path):

@@ -221,6 +221,17 @@ CASES = [
     case("bool-for-int", edit("r: 16", "r: true"), "expected a number, not true", ("passes", "lora", "r"), 13, 5),
     case("bool-for-float", edit("learning_rate: 3.0e-4", "learning_rate: false"), "expected a number, not false",
          ("passes", "lora", "training_args", "learning_rate"), 19),
+    # ---- candidate lists: an error elsewhere in the pass is not the candidate's
+    case("candidate-and-bad-sibling", edit("r: 16", "r: [8, 16]").replace("lora_dropout: 0.1", "lora_dropout: 1.5"),
+         "Input should be less than 1", ("passes", "lora", "lora_dropout"), 15, 5),
+    case("candidate-and-misspelt-sibling", edit("precision: int4}", "precision: [int4, fp32], int4_blocksize: 64}"),
+         "unknown key 'int4_blocksize'", ("passes", "mb", "int4_blocksize"), 21, 53, "did you mean 'int4_block_size'?"),
+    case("candidate-and-bool-sibling", edit("r: 16", "r: [8, 16]").replace("alpha: 32", "alpha: true"),
+         "expected a number, not true", ("passes", "lora", "alpha"), 14, 5),
+    case("candidate-bool", edit("r: 16", "r: [8, true]"), "candidate True: expected a number, not true",
+         ("passes", "lora", "r", 1), 13, 5),
+    case("bool-for-literal-number", edit("precision: int4}", "precision: int4, int4_accuracy_level: true}"),
+         "expected a number, not true", ("passes", "mb", "int4_accuracy_level"), 21, 45),
     # ---- not a mapping
     case("not-mapping-list", "- input_model: x\n- passes: {}\n", "not a list", (), 1),
     case("not-mapping-scalar", "# a comment\ninput_model\n", "not a single value ('input_model')", (), 2),
@@ -291,12 +302,22 @@ def test_cli_reports_the_error_with_its_place(tmp_path, capsys):
     ("passes.lora.r=abc", "valid integer", ("passes", "lora", "r")),
     ("passes.lora.lora_dropout=2", "less than 1", ("passes", "lora", "lora_dropout")),
     ("passes.lora.rr=8", "unknown key 'rr'", ("passes", "lora", "rr")),
-    ("passes.lora.train_data_config=nope", "'nope'", ("passes", "lora", "train_data_config"))])
+    ("passes.lora.train_data_config=nope", "'nope'", ("passes", "lora", "train_data_config")),
+    ("engine.cache_dir=/tmp/x", "unknown key 'engine'", ("engine",)),  # keys the override created
+    ("passes.lora.config.r=4", "unknown key 'config'", ("passes", "lora", "config"))])
 def test_an_error_in_a_set_value_names_the_set_not_a_line_of_the_file(item, message, path):
     with pytest.raises(ConfigError) as info:
         load_config(EXAMPLE, overrides=[item])
     assert message in info.value.message and f"(from the override {item})" in info.value.message
     assert info.value.path == path and info.value.line is None
+
+
+@pytest.mark.parametrize("item", ["passes.lora.config.hub_token=hf_secret", "engine.hf_token=hf_secret"])
+def test_a_token_in_a_set_that_created_a_key_is_not_echoed(item):
+    with pytest.raises(ConfigError) as info:
+        load_config(EXAMPLE, overrides=[item])
+    assert info.value.message.endswith(f"(from the override {item.partition('=')[0]}=...)")
+    assert "hf_secret" not in str(info.value)
 
 
 def test_a_config_path_is_read_whatever_its_name_and_a_folder_is_refused(tmp_path):
@@ -306,3 +327,22 @@ def test_a_config_path_is_read_whatever_its_name_and_a_folder_is_refused(tmp_pat
     with pytest.raises(ConfigError, match="is a folder, not a config file"):
         load_config(str(tmp_path))
     assert load_config('{"input_model": {"model_path": "' + "m" * 5000 + '"}}').input_model.model_path == "m" * 5000
+
+
+def test_an_error_in_text_laid_over_a_file_is_at_its_own_line_and_one_in_the_file_names_the_file(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(edit("lora_dropout: 0.1", "lora_dropout: 1.5"), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:  # r is line 13 of the file, line 3 of the text over it
+        load_config("passes:\n  lora:\n    r: eight\n    lora_dropout: 0.2\n", base=base)
+    assert info.value.path == ("passes", "lora", "r") and (info.value.line, info.value.column) == (3, 5)
+    assert " of " not in info.value.message
+    with pytest.raises(ConfigError) as info:  # a dict over the file (the form's): no line at all
+        load_config({"passes": {"lora": {"r": "eight"}}}, base=base)
+    assert info.value.path == ("passes", "lora", "r") and info.value.line is None and " of " not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config("passes:\n  lora:\n    r: 8\n", base=base)
+    assert info.value.path == ("passes", "lora", "lora_dropout") and info.value.line == 15
+    assert info.value.message.endswith(f"(line 15 of {base})")
+    with pytest.raises(ConfigError) as info:  # an override replaces the file's value: its line is not shown
+        load_config("passes:\n  lora:\n    lora_dropout: 0.2\n", base=base, overrides=["passes.lora.r=true"])
+    assert info.value.message == "expected a number, not true (from the override passes.lora.r=true)"

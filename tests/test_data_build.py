@@ -87,6 +87,50 @@ def test_build_with_an_eval_data_config(tmp_path, word_tokenizer):
                             base_dir=tmp_path)
 
 
+def test_an_eval_set_that_truncation_empties_is_named(tmp_path, word_tokenizer):
+    write_jsonl(tmp_path / "train.jsonl", TONE_ROWS)
+    write_jsonl(tmp_path / "eval.jsonl", TONE_ROWS)
+    train_config = data_config("train.jsonl", strategy="line-by-line", train_on_prompt=False, max_seq_len=64)
+    eval_config = data_config("eval.jsonl", name="held", strategy="line-by-line", train_on_prompt=False,
+                              max_seq_len=8)  # the 11 prompt tokens fill every row: no answer is left
+    with pytest.raises(DataError, match="^the evaluation set of data config 'held' has no sequence left: every row "
+                                        "lost its answer to truncation at max_seq_len 8") as e:
+        build_training_data(train_config, word_tokenizer, eval_data_config=eval_config, base_dir=tmp_path)
+    assert e.value.hint == "raise max_seq_len of data config 'held'"
+    with pytest.raises(DataError, match="^the training set of data config 'held' has no sequence left"):
+        build_training_data(eval_config, word_tokenizer, base_dir=tmp_path)
+    long = {"phrase": "dog " * 20, "tone": "Sad"}  # held out (seed 5), it alone loses its answer at 16 tokens
+    write_jsonl(tmp_path / "mixed.jsonl", TONE_ROWS[:4] + [long])
+    config = data_config("mixed.jsonl", strategy="line-by-line", train_on_prompt=False, max_seq_len=16)
+    assert split_indices(5, 1, 5)[1] == [4]
+    with pytest.raises(DataError, match="^the held-out evaluation set of data config 'tones' has no sequence left"):
+        build_training_data(config, word_tokenizer, eval_dataset_size=1, seed=5, base_dir=tmp_path)
+
+
+def test_tokenizing_errors_name_the_file_and_its_row(tmp_path, word_tokenizer):
+    good = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}
+    bad = {"messages": [{"role": "user", "content": "hello"}, None]}
+    write_jsonl(tmp_path / "a.jsonl", [good] * 3)
+    b = write_jsonl(tmp_path / "b.jsonl", [good] * 5 + [bad] + [good] * 2)
+    config = data_config("*.jsonl", use_chat_template=True, shuffle=True, data_seed=5)
+    loaded = load_rows(config, tmp_path).to_list().index(bad)
+    assert loaded != 8  # shuffled: its place among the loaded rows is not its place in the files
+    held_out = [loaded in split_indices(11, 0.3, seed)[1] for seed in range(20)]
+    for size, seed in ((None, 0), (0.3, held_out.index(False)), (0.3, held_out.index(True))):  # train, then eval
+        with pytest.raises(DataError, match="messages item 2 is null, not a message") as e:
+            build_training_data(config, word_tokenizer, eval_dataset_size=size, seed=seed, base_dir=tmp_path)
+        assert (e.value.file, e.value.row, e.value.column) == (str(b), 6, "messages"), (size, seed)
+
+
+def test_a_conversation_without_an_assistant_message_is_named_by_file_and_row(tmp_path, word_tokenizer):
+    good = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}
+    path = write_jsonl(tmp_path / "chat.jsonl", [good, good, {"messages": [{"role": "user", "content": "hello"}]}])
+    config = data_config("chat.jsonl", use_chat_template=True, train_on_prompt=False, strategy="line-by-line")
+    with pytest.raises(DataError, match="this conversation has no assistant message to train on") as e:
+        build_training_data(config, word_tokenizer, base_dir=tmp_path)
+    assert (e.value.file, e.value.row) == (str(path), 3)
+
+
 # ---------------------------------------------------------------------------------------- eval_examples
 def test_eval_examples(tone_file):
     rows = load_rows(data_config(str(tone_file)))

@@ -79,6 +79,37 @@ def test_glob_list_and_split_mapping(tmp_path):
         load_rows(data_config(mapping, split="validation"), tmp_path)
 
 
+def folder_config(folder: str, split: str) -> DataConfig:
+    return DataConfig(name="d", load_dataset_config={"data_name": folder, "split": split},
+                      pre_process_data_config={"text_template": TEMPLATE})
+
+
+def test_a_folder_is_split_by_name_as_datasets_does(tmp_path):
+    write_jsonl(tmp_path / "tones" / "train.jsonl", TONE_ROWS[:4])
+    write_jsonl(tmp_path / "tones" / "dev.jsonl", TONE_ROWS[4:])
+    assert load_rows(folder_config("tones", "train"), tmp_path).to_list() == TONE_ROWS[:4]
+    for split in ("validation", "dev"):  # datasets reads dev.jsonl as the validation split
+        assert load_rows(folder_config("tones", split), tmp_path).to_list() == TONE_ROWS[4:], split
+    with pytest.raises(DataError, match=r"split 'test' is not in the folder \(splits found: train: train.jsonl; "
+                                        r"validation: dev.jsonl\)") as e:
+        load_rows(folder_config("tones", "test"), tmp_path)
+    assert e.value.file == str(tmp_path / "tones") and "split to train or validation" in e.value.hint
+
+    write_jsonl(tmp_path / "plain" / "tones.jsonl", TONE_ROWS)  # no split name: all train
+    assert load_rows(folder_config("plain", "train"), tmp_path).num_rows == 6
+    with pytest.raises(DataError, match=r"split 'validation' is not in the folder \(splits found: train: tones.jsonl"):
+        load_rows(folder_config("plain", "validation"), tmp_path)
+
+
+def test_folders_skip_hidden_and_dunder_paths_as_datasets_does(tmp_path):
+    write_jsonl(tmp_path / "tones" / "train.jsonl", TONE_ROWS[:2])
+    write_jsonl(tmp_path / "tones" / ".ipynb_checkpoints" / "train-checkpoint.jsonl", TONE_ROWS[2:4])
+    write_jsonl(tmp_path / "tones" / "__pycache__" / "train.jsonl", TONE_ROWS[4:])
+    write_jsonl(tmp_path / "tones" / ".train.jsonl", TONE_ROWS[4:])
+    for config in (folder_config("tones", "train"), data_config("tones")):
+        assert load_rows(config, tmp_path).to_list() == TONE_ROWS[:2]
+
+
 def test_max_samples_and_seeded_shuffle(tone_file):
     assert load_rows(data_config(str(tone_file), max_samples=2)).to_list() == TONE_ROWS[:2]
     a = load_rows(data_config(str(tone_file), shuffle=True, data_seed=1))
@@ -145,6 +176,27 @@ def test_bad_json_line(tmp_path):
     with pytest.raises(DataError) as e:
         load_rows(data_config(str(path)))
     assert e.value.file == str(path) and e.value.row == 2 and "line 3: not valid JSON" in str(e.value)
+
+
+def test_a_json_line_holding_a_unicode_line_separator_is_one_line(tmp_path):
+    """JSON lines end at "\n" only: U+2028 inside a string (legal, unescaped, in JSON) does not split a row."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"phrase": "one\u2028two", "tone": "Joy"}\n{"phrase": "ok", "tone": "Joy"}\n'
+                    '{"phrase": "oops" "tone": "Joy"}\n', encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_rows(data_config(str(path)))
+    assert e.value.row == 3 and "line 3: not valid JSON" in str(e.value)
+
+
+def test_data_files_beside_a_folder_data_name_are_relative_to_that_folder(tmp_path):
+    """As in datasets: load_dataset("corpus", data_files="train.jsonl") reads corpus/train.jsonl."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"phrase": "in the folder", "tone": "Joy"}\n', encoding="utf-8")
+    rows = load_rows(data_config("train.jsonl", data_name="corpus"), tmp_path)
+    assert rows["phrase"] == ["in the folder"]
+    rows = load_rows(data_config("corpus/train.jsonl", data_name="corpus"), tmp_path)  # as tunecell read them before
+    assert rows["phrase"] == ["in the folder"]
 
 
 def test_template_field_not_a_column_lists_the_columns(tone_file):
@@ -270,6 +322,32 @@ def test_saved_dataset_folder(tmp_path):
     config = DataConfig(name="d", load_dataset_config={"data_name": "saved"},
                         pre_process_data_config={"text_template": TEMPLATE, "max_samples": 4})
     assert load_rows(config, tmp_path).to_list() == TONE_ROWS[:4]
+
+
+def test_a_saved_dataset_dict_without_the_split_says_so(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(TONE_ROWS)}).save_to_disk(str(tmp_path / "saved"))
+    assert load_rows(folder_config("saved", "train[:2]"), tmp_path).to_list() == TONE_ROWS[:2]
+    with pytest.raises(DataError, match=r"split 'test' is not in the saved dataset \(splits: train\)") as e:
+        load_rows(folder_config("saved", "test"), tmp_path)
+    assert e.value.file == str(tmp_path / "saved")
+
+
+def test_a_single_saved_dataset_has_no_other_split(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(TONE_ROWS).save_to_disk(str(tmp_path / "saved"))
+    assert load_rows(folder_config("saved", "train[:2]"), tmp_path).to_list() == TONE_ROWS[:2]
+    with pytest.raises(DataError, match="split 'test': a single saved Dataset has no splits") as e:
+        load_rows(folder_config("saved", "test"), tmp_path)
+    assert e.value.file == str(tmp_path / "saved") and "drop load_dataset_config.split" in e.value.hint
+
+    test_split = datasets.Dataset.from_list(TONE_ROWS, split=datasets.Split.TEST)
+    test_split.save_to_disk(str(tmp_path / "saved_test"))  # it keeps the name of the split it was saved from
+    assert load_rows(folder_config("saved_test", "test"), tmp_path).num_rows == 6
+    with pytest.raises(DataError, match=r"no splits \(it was saved from split 'test'\)"):
+        load_rows(folder_config("saved_test", "validation"), tmp_path)
 
 
 def test_a_file_that_does_not_parse_as_data_name_but_is_named_as_another_format_gets_that_hint(tmp_path):

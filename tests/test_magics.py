@@ -360,6 +360,21 @@ def test_set_overrides_keys(ip: InteractiveShell, main_cell: str) -> None:
         assert expected in message, message
 
 
+def test_the_line_is_split_as_a_shell_splits_it(ip: InteractiveShell, main_cell: str, paths) -> None:
+    ip.user_ns["lora_rank"] = 4
+    target = paths["root"] / "quoted export" / "my file.yaml"
+    line = (f"%%finetune --export '{target}' --set 'passes.lora.target_modules=[q_proj, v_proj]' "
+            "--set workflow_id='my run' --set \"passes.lora.training_args.lr_scheduler_type=cosine\"")
+    result, captured = run(ip, line, main_cell)
+    assert result.error_in_exec is None, captured.stderr
+    config = tunecell.load_config(target)
+    assert config.passes["lora"].target_modules == ["q_proj", "v_proj"] and config.workflow_id == "my run"
+    assert config.passes["lora"].training_args.lr_scheduler_type == "cosine"
+    out = run(ip, "%%finetune --dry-run --set 'passes.lora.training_args.optim=\"adamw_torch\"'", main_cell)[1].stdout
+    assert "optim: adamw_torch" in out, out  # the quoting the --set hint suggests
+    assert "No closing quotation" in short_usage_error(*run(ip, "%%finetune --dry-run --set 'x=1", main_cell))
+
+
 def test_target_overrides_host_and_target(ip: InteractiveShell, tiny_model: Path, paths) -> None:
     systems = "systems:\n  aml: {type: AzureML, aml_compute: gpu}\n  other: {type: AzureML, aml_compute: big}\n"
     remote = workflow(tiny_model, paths["out"] / "t", extra=systems + "host: aml\ntarget: aml\n")
@@ -409,7 +424,7 @@ def test_export_yaml_loads_back_the_same_and_json_is_olive_013_with_notes(ip, ma
     assert olive["passes"]["lora"]["type"] == "LoRA" and olive["input_model"]["type"] == "HfModel"
     metrics = olive["evaluators"]["tones_eval"]["metrics"]
     assert [m["sub_types"] for m in metrics] == [[{"name": "accuracy_score", "priority": 1}],
-                                                 [{"name": "avg", "priority": 2}]]  # Olive: unique, 1..N
+                                                 [{"name": "bytes", "priority": 2}]]  # Olive: unique, 1..N
     assert olive["passes"]["lora"]["training_args"]["warmup_ratio"] == 0  # Olive's default is 0.03
     again = tunecell.load_config(target)  # the keys Olive ignores stay in the file: tunecell reads the same run
     assert again.passes == expected.passes and again.data_configs == expected.data_configs

@@ -208,7 +208,11 @@ def test_olive_config_notebook_exports_configs_that_load_back(tmp_path: Path) ->
         datastore = original.data_configs[0].load_dataset_config.data_files
         original.data_configs[0].load_dataset_config.data_files = datastore.relative_path
         assert data["data_configs"][0]["load_dataset_config"]["data_files"] == datastore.relative_path
-        assert again.model_dump(exclude={"systems"}) == original.model_dump(exclude={"systems"}), name
+        # relative folders are rebased to the export's folder: the same folders, next to the notebook
+        for key in ("cache_dir", "output_dir"):
+            assert again.resolve(getattr(again, key)) == (tmp_path / getattr(original, key)).resolve(), name
+        same = {"systems", "cache_dir", "output_dir"}
+        assert again.model_dump(exclude=same) == original.model_dump(exclude=same), name
         # and it has no AzureML system: the same accelerators on a local one
         assert data["systems"]["aml"] == {"type": "LocalSystem", "accelerators": [
             {"device": "gpu", "execution_providers": ["CUDAExecutionProvider"]}]}, name

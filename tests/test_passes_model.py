@@ -464,6 +464,21 @@ def test_builder_leaves_root_logging_alone(merged, tmp_path):
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
+def test_the_builder_s_own_int4_names_in_extra_options_win_over_the_int4_fields(merged, tmp_path):
+    import onnx
+
+    from tunecell.config import schema
+
+    built = schema.ModelBuilder(precision="int4", int4_block_size=32, extra_options={"block_size": 128})
+    assert built.int4_option("block_size") == 128 and built.int4_option("algo_config") == "k_quant_mixed"
+    build_onnx(merged, tmp_path / "out", precision="int4", execution_provider="cpu", int4_block_size=32,
+               int4_algo_config="rtn", extra_options={"block_size": 128}, scratch_dir=tmp_path / "scratch")
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
+    sizes = {next(a.i for a in node.attribute if a.name == "block_size")
+             for node in graph.node if node.op_type == "MatMulNBits"}
+    assert sizes == {128}
+
+
 def test_default_int4_keeps_the_lm_head_and_some_layers_in_int8_as_the_estimate_says(merged, tmp_path):
     import onnx
 

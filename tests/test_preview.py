@@ -10,6 +10,7 @@ from data_fixtures import (TEMPLATE, TONE_ROWS, _isolated_hf_home, data_config, 
                            tone_file, word_tokenizer, write_jsonl)
 from tunecell.config import load_config
 from tunecell.data import DataExplorer
+from tunecell.errors import DataError
 from tunecell.widgets import preview
 
 LONG = {"phrase": "we won the big prize and she danced all night in the dark hallway behind the door",
@@ -210,6 +211,20 @@ def test_chat_config_disables_the_template_box(tmp_path, word_tokenizer):
     assert "&lt;|assistant|&gt;" in w.sample_box.value
     w.controls["max_seq_len"].value = 8
     assert w.error == "" and w.explorer.pre.use_chat_template
+
+
+def test_a_row_that_cannot_be_tokenized_is_named_by_file_and_row(tmp_path, word_tokenizer):
+    good = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}
+    path = write_jsonl(tmp_path / "chat.jsonl", [good] * 4 + [{"messages": [{"role": "user", "content": "hello"}]}])
+    config = data_config(str(path), use_chat_template=True, train_on_prompt=False, strategy="line-by-line",
+                         shuffle=True, data_seed=1)
+    explorer = DataExplorer(config, word_tokenizer)
+    index = next(i for i in range(explorer.n_rows) if len(explorer.row(i)["messages"]) == 1)
+    assert index != 4  # shuffled
+    for show in (lambda: explorer.sample(index), explorer.stats):
+        with pytest.raises(DataError, match="this conversation has no assistant message to train on") as e:
+            show()
+        assert (e.value.file, e.value.row) == (str(path), 5)
 
 
 @pytest.mark.parametrize("name", ["tunecell.yaml", "olive013.json", "cookbook.json", "params_config.json"])

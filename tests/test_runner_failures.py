@@ -152,6 +152,48 @@ def test_a_folder_in_output_dir_that_tunecell_did_not_write_stops_the_run_before
     assert out.read_text() == "a file where the folder goes"
 
 
+def test_an_input_model_in_a_folder_the_run_would_replace_stops_the_run_before_it_starts(tiny_model, tmp_path):
+    """A run's output taken as the next run's input, into the same output_dir: the run would replace its own input
+    (and the same config run again would train on its own output)."""
+    earlier = shutil.copytree(tiny_model, tmp_path / "out" / "model")
+    (earlier / ".tunecell-identity").write_text("a run's output")  # what a run leaves in the folders it publishes
+    files = sorted(p.name for p in earlier.iterdir())
+    with pytest.raises(ConfigError, match="in a folder this run replaces") as error:
+        tunecell.run(config(earlier, tmp_path, {"lora": lora(), "merge": {"type": "MergeAdapterWeights"}}),
+                     progress="none")
+    assert error.value.path == ("input_model", "model_path") and "another output_dir" in str(error.value)
+    assert sorted(p.name for p in earlier.iterdir()) == files and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("workflow_id", ["..", "../..", "a/b", "", "models"])
+def test_a_workflow_id_that_is_not_one_folder_of_its_own_in_cache_dir_is_refused(tiny_model, tmp_path, workflow_id):
+    """clean_cache deletes cache_dir/<workflow_id>: a path out of it, or a folder all workflows share, never."""
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("the user's")
+    cfg = {**config(tiny_model, tmp_path, {"lora": lora()}), "workflow_id": workflow_id, "clean_cache": True}
+    with pytest.raises(ConfigError, match="cache_dir") as error:
+        tunecell.run(cfg, progress="none")
+    assert error.value.path == ("workflow_id",)
+    assert (tmp_path / "notes.txt").is_file() and (tmp_path / "cache" / "models").is_dir()
+
+
+def test_a_cached_adapter_is_measured_over_this_run_s_base_not_the_folder_it_was_trained_from(tiny_model, tmp_path):
+    """The adapter's entry is found by the base's content: after the base moved, metrics measured again load the
+    base from where it is now (its adapter_config.json still names the old folder)."""
+    first = shutil.copytree(tiny_model, tmp_path / "m1")
+    cfg = config(first, tmp_path, {"lora": lora(max_steps=2)})
+    cfg["evaluators"] = {"ev": {"metrics": [{"name": "size", "type": "size_on_disk"}]}}
+    cfg["evaluator"] = "ev"
+    assert run(cfg)[0].status == "succeeded"
+    moved = first.rename(tmp_path / "m2")
+    cfg["input_model"]["model_path"] = str(moved)
+    cfg["evaluators"]["ev"]["metrics"][0]["name"] = "size_again"  # not in the metrics cache: measured again
+    result, events = run(cfg)
+    assert result.status == "succeeded" and result.metrics["lora"]["size_again"] > 0
+    assert [e.cache_hit for e in events if isinstance(e, PassFinished)] == [True]
+    assert result.model().path == result.model_path  # the result's adapter loads over m2 too
+
+
 def test_a_run_that_fails_keeps_the_record_of_the_model_output_dir_still_holds(tiny_model, tmp_path):
     good, _ = run(config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}}))
     assert good.status == "succeeded"
@@ -216,6 +258,7 @@ def test_a_pass_another_run_built_while_this_one_waited_for_the_lock_is_reported
     result, events = run(cfg)
     assert [(p.status, p.cache_hit) for p in result.passes] == [("cached", True)]
     assert [e.cache_hit for e in events if isinstance(e, PassFinished)] == [True]
+    assert result.model().path == result.model_path  # the result's adapter loads over m2 too
 
 
 def test_rows_cut_at_max_seq_len_are_reported_as_a_warning(tiny_model, tmp_path):

@@ -154,3 +154,53 @@ def test_a_checkpoint_cut_short_or_a_state_within_a_step_is_never_resumed(tiny_m
     weights = adapter_weights(resumed)
     for name, tensor in reference.items():
         assert (weights[name] - tensor).abs().max().item() <= 1e-6, name
+
+
+def test_each_train_step_event_carries_the_loss_logged_for_that_step(tmp_path):
+    """The LoRA pass's progress callback, under a real Trainer (which calls on_step_end before on_log)."""
+    from types import SimpleNamespace
+
+    import datasets
+    import torch
+    import transformers
+
+    from tunecell.events import EventBus
+    from tunecell.passes.lora import ProgressCallback
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.0))
+
+        def forward(self, x, labels):
+            return {"loss": ((self.w * x - labels) ** 2).mean()}
+
+    def train(logging_steps: int, stop_at: int = 0) -> tuple[list, list, ProgressCallback]:
+        bus, stop = EventBus(), threading.Event()
+        steps: list = []
+
+        def on_event(event):
+            if isinstance(event, TrainStep):
+                steps.append(event)
+                if event.step == stop_at:
+                    stop.set()
+
+        bus.subscribe(on_event)
+        progress = ProgressCallback(SimpleNamespace(name="lora", bus=bus, stop=stop), SimpleNamespace(tokens=0))
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / f"out-{logging_steps}-{stop_at}"), max_steps=4, per_device_train_batch_size=2,
+            learning_rate=0.1, logging_steps=logging_steps, save_strategy="no", report_to="none", disable_tqdm=True,
+            use_cpu=True, remove_unused_columns=False)
+        data = datasets.Dataset.from_dict({"x": [1.0, 2.0, 3.0, 4.0] * 2, "labels": [2.0, 4.0, 6.0, 8.0] * 2})
+        trainer = transformers.Trainer(model=Scale(), args=args, train_dataset=data, callbacks=[progress])
+        trainer.train()
+        logged = [(h["step"], h["loss"], h["learning_rate"]) for h in trainer.state.log_history if "loss" in h]
+        return steps, logged, progress
+
+    steps, logged, _ = train(logging_steps=1)
+    assert [(e.step, e.loss, e.lr) for e in steps] == logged and len(logged) == 4
+    steps, logged, _ = train(logging_steps=2)  # a step not logged carries the last logged loss
+    assert [(e.step, e.loss) for e in steps] == [(1, None), (2, logged[0][1]), (3, logged[0][1]), (4, logged[1][1])]
+    steps, _, progress = train(logging_steps=1, stop_at=2)  # asked to stop at step 2: saved there, and stopped
+    assert [e.step for e in steps] == [1, 2] and progress.stopped
+    assert (tmp_path / "out-1-2" / "checkpoint-2").is_dir()

@@ -115,6 +115,29 @@ def test_a_second_search_is_all_cache_hits(searched, tiny_model):
     assert all(e.cache_hit for e in events if isinstance(e, PassFinished))
 
 
+def test_a_ctrl_c_outside_training_ends_the_search_as_interrupted(tiny_model, tmp_path, monkeypatch):
+    """The first candidate's build is interrupted: the search tries no other candidate and says so."""
+    from tunecell.passes import model_builder
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_builder, "build_onnx", interrupted)
+    result = tunecell.run(f"""
+input_model: {{model_path: {tiny_model}}}
+passes:
+  mb: {{type: ModelBuilder, precision: [int4, fp32]}}
+evaluators:
+  ev: {{metrics: [{{name: size, type: size_on_disk}}]}}
+evaluator: ev
+search_strategy: {{execution_order: joint, sampler: sequential}}
+cache_dir: {tmp_path}/cache
+output_dir: {tmp_path}/out
+""", progress="none")
+    assert result.status == "interrupted"
+    assert [(c["index"], c["status"]) for c in result.candidates] == [(1, "interrupted")]
+
+
 def test_random_sampler_with_max_samples_tries_that_many(tiny_model, tmp_path):
     text = SEARCH.format(model=tiny_model, data=DATA, tmp=tmp_path).replace(
         "sampler: sequential, output_model_num: 2", "sampler: random, max_samples: 2, seed: 3")
@@ -157,3 +180,16 @@ def test_search_space_round_trips_through_export(tmp_path):
     again = tunecell.load_config(tmp_path / "c.yaml")
     assert again.search_space == config.search_space == {"mb": {"precision": ["int4", "fp32"],
                                                                  "int4_block_size": [32, 64]}}
+    # Olive's form of candidates where Olive 0.13 searches the option (bench/olive_export_check.py loads the file
+    # in a real Olive), and a strategy it can run: it has no default execution order nor sampler
+    notes = export_config(config, tmp_path / "olive.json")
+    olive = json.loads((tmp_path / "olive.json").read_text())
+    assert olive["passes"]["mb"]["int4_block_size"] == {"olive_parameter_type": "SearchParameter",
+                                                        "type": "Categorical", "support": [32, 64]}
+    assert olive["passes"]["mb"]["precision"] == "int4"
+    assert any(n.startswith("passes.mb.precision: Olive 0.13 searches no such option") for n in notes)
+    assert olive["search_strategy"] == {"execution_order": "joint", "sampler": "sequential", "seed": 0,
+                                        "output_model_num": 2}
+    back = tunecell.load_config(tmp_path / "olive.json")
+    assert back.search_space == {"mb": {"int4_block_size": [32, 64]}}
+    assert back.search_strategy == config.search_strategy

@@ -299,7 +299,7 @@ def _evaluators(raw: LocatedDict, notes: Notes) -> None:
 
 
 SUB_TYPE_NAMES = {"accuracy": {"accuracy_score", "accuracy"}, "latency": {"avg", "mean"},
-                  "throughput": {"avg", "mean"}, "size_on_disk": {"size_on_disk", "avg"}}
+                  "throughput": {"avg", "mean"}, "size_on_disk": {"bytes", "size_on_disk", "avg"}}
 
 
 def _sub_types(metric: LocatedDict, path: tuple, notes: Notes) -> None:

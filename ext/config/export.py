@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -34,8 +35,10 @@ def minimal_dict(config: schema.WorkflowConfig) -> dict[str, Any]:
     return data
 
 
+OLIVE_SEARCHABLE = {"LoRA": ("r",), "QLoRA": ("r",),  # the options with search defaults in Olive 0.13
+                    "ModelBuilder": ("int4_algo_config", "int4_block_size", "int4_is_symmetric")}
 TRANSFORMERS_OPTIM = "adamw_torch_fused"  # TrainingArguments' default optimizer, which tunecell leaves in place
-SUB_TYPE = {"accuracy": "accuracy_score", "latency": "avg", "throughput": "avg", "size_on_disk": "avg"}
+SUB_TYPE = {"accuracy": "accuracy_score", "latency": "avg", "throughput": "avg", "size_on_disk": "bytes"}
 SAME_TEXT_AS_OLIVE = "it trains on the whole text (it has no prompt masking)"
 OLIVE_MATCHES_NO_LABEL_WORDS = "its accuracy compares model outputs with dataloader labels, not generated label words"
 # tunecell's settings that Olive 0.13 has no key for. It loads a config holding them (with a warning) and ignores
@@ -54,11 +57,12 @@ OLIVE_IGNORES: dict[str, dict[str, str]] = {
 }
 
 
-def olive_dict(config: schema.WorkflowConfig) -> tuple[dict[str, Any], list[str]]:
+def olive_dict(config: schema.WorkflowConfig, folder: Path) -> tuple[dict[str, Any], list[str]]:
     """The config in Olive 0.13's schema, which a real Olive 0.13 loads (bench/olive_export_check.py), and notes
     on each setting Olive ignores or cannot express. Settings whose defaults differ between the two are written
-    out; priorities are numbered 1..N in their order; AzureML systems become local ones (Olive 0.13 has none)."""
-    data, notes = minimal_dict(config), []
+    out; priorities are numbered 1..N in their order; AzureML systems become local ones (Olive 0.13 has none).
+    Relative paths start at ``folder``, where the file goes (as in the YAML export)."""
+    data, notes = _rebased(minimal_dict(config), config, folder), []
 
     def note_ignored(section: str, node: dict, where: str) -> None:
         for key, why in OLIVE_IGNORES[section].items():
@@ -115,6 +119,20 @@ def olive_dict(config: schema.WorkflowConfig) -> tuple[dict[str, Any], list[str]
                          "same accelerators (run it where they are, or submit the tunecell YAML export)")
     if data.pop("azureml_client", None) is not None:
         notes.append("azureml_client left out: Olive 0.13 has no AzureML support")
+    for name, options in config.search_space.items():  # Olive reads a candidate list in its own form
+        for key, values in options.items():
+            node = data["passes"][name]
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            if key in OLIVE_SEARCHABLE.get(config.passes[name].type, ()):
+                node[leaf] = {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": values}
+            else:
+                node[leaf] = values[0]
+                notes.append(f"passes.{name}.{key}: Olive 0.13 searches no such option; exported with the first "
+                             f"candidate, {values[0]!r} (one Olive config per candidate would try the others)")
+    if config.search_strategy is not None:  # Olive has no default execution order nor sampler
+        data["search_strategy"] = config.search_strategy.model_dump(mode="json", exclude_none=True)
     return data, notes
 
 
@@ -125,8 +143,10 @@ def export_config(config: schema.WorkflowConfig, path: Union[str, os.PathLike]) 
 
     path, notes = Path(path), []
     if path.suffix == ".json":
-        data, notes = olive_dict(config)
-        text = json.dumps(data, indent=2) + "\n"
+        data, notes = olive_dict(config, path.parent.absolute())
+        # literal {{ in a value (a text_template's) as \u007b{: JSON reads it back as {{, and tunecell's {{ }}
+        # filling, which runs on the text, does not see it (Olive reads no {{ }}: literal_braces would garble it)
+        text = re.sub(r"\{(?=[{%#])", r"\\u007b", json.dumps(data, indent=2)) + "\n"
     elif path.suffix in (".yaml", ".yml"):
         from .loader import literal_braces
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Tag, ValidationError
 from ..errors import ConfigError
 from . import references, schema, search_space
 from .dialects import RENAMED_KEYS, normalise
-from .located import LocatedDict, LocatedList, locate, parse_text
+from .located import LocatedDict, LocatedList, Position, labelled, locate, parse_text
 from .training_args import TRAINING_ARGUMENT_NAMES
 
 Source = Union[str, os.PathLike, Mapping[str, Any], schema.WorkflowConfig]
@@ -29,11 +29,14 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
     The result carries the dialect notes in ``config.notes``.
     """
     tree, notes, base_dir = _tree(source, namespace)
+    base_name = None
     if base is not None:
         base_tree, base_notes, base_base_dir = _tree(base, namespace)
+        named = _named_file(base) if isinstance(base, (str, os.PathLike)) else None
+        base_name = str(named) if named is not None else "the base config"
+        labelled(base_tree, base_name)
         tree, notes, base_dir = _overlay(base_tree, tree), base_notes + notes, base_dir or base_base_dir
-    for item in overrides:
-        _locating(lambda: apply_override(tree, item), tree)
+    written = [(item, _locating(lambda: apply_override(tree, item), tree)) for item in overrides]
     try:
         models = _pass_models()
         space = search_space.extract(tree, models)
@@ -45,7 +48,7 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
         config._search_space = space
         _locating(lambda: references.check(config), tree)
     except ConfigError as e:
-        raise _placed_at_override(e, overrides) from None
+        raise _placed_at_override(e, written, base_name) from None
     config._notes = notes
     config._base_dir = str(base_dir) if base_dir else None
     _anchor_model_paths(config)
@@ -103,6 +106,7 @@ def _tree(source: Source, namespace: Optional[Mapping[str, Any]]) -> tuple[Locat
 def _overlay(base: Any, top: Any) -> Any:
     """``top`` laid over ``base``: mappings merge key by key, named lists (data_configs) entry by entry."""
     if isinstance(base, LocatedDict) and isinstance(top, dict):
+        base.pos = getattr(top, "pos", None)
         for key, value in top.items():
             base.put(key, _overlay(base[key], value) if key in base else value, getattr(top, "key_pos", {}).get(key))
         return base
@@ -160,14 +164,16 @@ def _not_a_mapping(raw: Any, text: str) -> ConfigError:
                        hint="start with 'input_model:'; a '- ' at the start of a line makes a list")
 
 
-def _placed_at_override(error: ConfigError, overrides: Iterable[str]) -> ConfigError:
-    """An error in a value an override gave (--set, a magic's --target) names the override, not the line of the file
-    whose value it replaced."""
-    for item in overrides:
-        key = tuple(item.partition("=")[0].strip().split("."))
+def _placed_at_override(error: ConfigError, written: list[tuple[str, tuple]], base_name: Optional[str]) -> ConfigError:
+    """An error in what an override wrote (--set, a magic's --target): in its value, or in a key it created
+    (engine.cache_dir=x: the unknown key 'engine'), names the override, not the line of the file whose value it
+    replaced (nor the base config's name that _error_at gave that line)."""
+    for item, key in written:
         if tuple(map(str, error.path[:len(key)])) == key:
-            shown = item if "hf_token" not in item else f"{item.partition('=')[0]}=..."  # a token is not echoed
-            return ConfigError(f"{error.message} (from the override {shown})", path=error.path, hint=error.hint)
+            secret = "hf_token" in item or "hub_token" in item
+            shown = f"{item.partition('=')[0]}=..." if secret else item  # a token is not echoed
+            message = error.message.removesuffix(f" (line {error.line} of {base_name})")
+            return ConfigError(f"{message} (from the override {shown})", path=error.path, hint=error.hint)
     return error
 
 
@@ -178,9 +184,15 @@ def _locating(action, tree: Any):
     except ConfigError as e:
         if e.line is None and e.path:
             clean, pos = locate(tree, e.path)
-            raise ConfigError(e.message, path=clean, line=pos[0] if pos else None,
-                              column=pos[1] if pos else None, hint=e.hint) from None
+            raise _error_at(pos, e.message, clean, e.hint) from None
         raise
+
+
+def _error_at(pos: Optional[Position], message: str, path: tuple, hint: Optional[str]) -> ConfigError:
+    """A ConfigError at ``pos``; a line of the base config, not of the text laid over it, names its text."""
+    if pos is not None and len(pos) > 2:
+        message += f" (line {pos[0]} of {pos[2]})"
+    return ConfigError(message, path=path, line=pos[0] if pos else None, column=pos[1] if pos else None, hint=hint)
 
 
 # --------------------------------------------------------------------------------------- {{ }} filling
@@ -237,8 +249,11 @@ def _template_line(error: BaseException) -> Optional[int]:
 NAMED_SECTIONS = ("passes", "evaluators", "systems")
 
 
-def apply_override(tree: LocatedDict, item: str) -> None:
-    """``passes.lora.r=8``: set one key (YAML-typed value); data_configs entries are addressed by name."""
+def apply_override(tree: LocatedDict, item: str) -> tuple:
+    """``passes.lora.r=8``: set one key (YAML-typed value); data_configs entries are addressed by name.
+
+    Returns the key path of what it wrote: the first key it created on the way (``passes.lora.config`` for
+    ``passes.lora.config.r=4``), else the key it set."""
     import yaml
 
     key, sep, value = item.partition("=")
@@ -246,6 +261,7 @@ def apply_override(tree: LocatedDict, item: str) -> None:
         raise ConfigError(f"--set expects key.path=value, got {item!r}", hint="for example --set passes.lora.r=8")
     parts = key.strip().split(".")
     node: Any = tree
+    written = tuple(parts)
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             node = next((x for x in node if isinstance(x, dict) and x.get("name") == part), None) \
@@ -255,6 +271,8 @@ def apply_override(tree: LocatedDict, item: str) -> None:
             raise ConfigError(f"--set {key}: there is no {parts[0]} entry {part!r} (there are: {names})",
                               path=tuple(parts[:i]), hint=_did_you_mean(part, [str(name) for name in node]))
         else:
+            if isinstance(node, dict) and part not in node and written == tuple(parts):
+                written = tuple(parts[:i + 1])
             node = node.setdefault(part, LocatedDict()) if isinstance(node, dict) else None
         if node is None:
             raise ConfigError(f"--set {key}: nothing is called {part!r} there", path=tuple(parts[:i + 1]))
@@ -265,6 +283,7 @@ def apply_override(tree: LocatedDict, item: str) -> None:
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML ({getattr(e, 'problem', None) or e})",
                           path=tuple(parts), hint="quote it: --set 'key=\"text\"'") from None
+    return written
 
 
 # ------------------------------------------------------------------------------ pydantic errors, located
@@ -314,8 +333,7 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
         message += f" (and {others} more problem{'s' if others > 1 else ''})"
     message = re.sub(r" or (instance of \w+|object to extract fields from)", "",  # no pydantic jargon
                      message.replace("Value error, ", ""))
-    return ConfigError(message, path=clean, line=pos[0] if pos else None,
-                       column=pos[1] if pos else None, hint=hint)
+    return _error_at(pos, message, clean, hint)
 
 
 def _short(value: Any) -> str:

@@ -9,7 +9,7 @@ import yaml
 
 from ..errors import ConfigError
 
-Position = tuple[int, int]  # 1-based line and column
+Position = tuple  # 1-based line and column, then the name of the text when another is laid over it (labelled)
 
 
 class LocatedDict(dict):
@@ -29,9 +29,13 @@ class LocatedDict(dict):
         self.update(items)
 
     def put(self, key: Any, value: Any, pos: Optional[Position]) -> None:
+        """Set a key at ``pos``: a key laid over another (a cell's over its -f file's) is where it was written last,
+        nowhere when that was a dict."""
         self[key] = value
-        if pos is not None:
-            self.key_pos.setdefault(key, pos)
+        if pos is None:
+            self.key_pos.pop(key, None)
+        else:
+            self.key_pos[key] = pos
 
 
 class LocatedList(list):
@@ -139,6 +143,22 @@ def _node_label(node: yaml.Node, index: int) -> Any:
                     isinstance(value_node, yaml.ScalarNode) and value_node.tag == "tag:yaml.org,2002:str":
                 return value_node.value
     return index
+
+
+def labelled(tree: Any, name: str) -> None:
+    """Give every position in ``tree`` the name of its text, which errors then show: a config laid over another
+    (load_config's base) has two texts whose line numbers would otherwise look alike."""
+    if isinstance(tree, LocatedDict):
+        tree.key_pos = {key: pos[:2] + (name,) for key, pos in tree.key_pos.items()}
+        children: Any = tree.values()
+    elif isinstance(tree, LocatedList):
+        tree.item_pos = [pos and pos[:2] + (name,) for pos in tree.item_pos]
+        children = tree
+    else:
+        return
+    tree.pos = tree.pos and tree.pos[:2] + (name,)
+    for child in children:
+        labelled(child, name)
 
 
 def locate(tree: Any, path: tuple) -> tuple[tuple, Optional[Position]]:

@@ -27,6 +27,13 @@ def check(config: schema.WorkflowConfig) -> None:
     for name, system in config.systems.items():  # every system: one not used by this run is still exported
         if isinstance(system, schema.AzureMLSystem):
             _check_vault_name(system, name)
+    for name, p in config.passes.items():
+        if isinstance(p, schema.LoRA) and "hub_token" in (p.training_args.model_extra or {}):
+            raise ConfigError("a token in the config would be written to the run's manifest, its cache records and "
+                              "any job it submits (the value is not shown: if it is a real token, revoke it)",
+                              path=("passes", name, "training_args", "hub_token"),
+                              hint="remove hub_token; the Hugging Face libraries read a token from the HF_TOKEN "
+                                   "environment variable (on AzureML: the system's hf_token: true)")
     _check_chain(config, data_names)
     _check_evaluation(config, data_names)
     if isinstance(config.input_model.model_path, schema.AzureMLRegistryModel) and \

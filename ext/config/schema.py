@@ -6,8 +6,10 @@ preprocessing keys, so users train with defaults they never chose. Here a typo i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 import string
+import typing
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
@@ -15,7 +17,18 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, T
 from .training_args import TRAINING_ARGUMENT_NAMES
 
 
-NUMBERS = (int, float, Optional[int], Optional[float])
+def _takes_a_number(annotation: Any) -> bool:
+    """int, float or a Literal of numbers (int4_accuracy_level: Literal[0, 1, 2, 3, 4]), maybe Optional: a field
+    where pydantic reads true as 1."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if origin is Union:
+        others = [a for a in args if a is not type(None)]
+        return len(others) == 1 and _takes_a_number(others[0])
+    if origin is Annotated:
+        return _takes_a_number(args[0])
+    return annotation in (int, float)
 
 
 class Model(BaseModel):
@@ -30,7 +43,7 @@ class Model(BaseModel):
         if isinstance(data, dict):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
-                if isinstance(value, bool) and field is not None and field.annotation in NUMBERS:
+                if isinstance(value, bool) and field is not None and _takes_a_number(field.annotation):
                     raise ValueError(f"bool_for_number:{key}:{str(value).lower()}")
         return data
 
@@ -223,16 +236,20 @@ class ModelBuilder(Model):
     # 98 held-out rows) against the merged fp32 model, "default" lost 10 points, rtn 2 to 4, k_quant -1 to 4 (1.8
     # on average over four trainings), k_quant_mixed 0.25 on average (at most 2), for 28% more bytes than k_quant
     # and 5% slower decoding (bench/README.md, rows 5 and 7). k_quant's search costs build time: about 20 s against
-    # rtn's 10 on the demo. The *_last and *_mixed names are the builder's own. An algo_config in extra_options
-    # wins over this field.
+    # rtn's 10 on the demo. The *_last and *_mixed names are the builder's own. The builder's names in extra_options
+    # (algo_config, block_size, accuracy_level, is_symmetric) win over the int4_* fields.
     int4_algo_config: Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed"] = \
         "k_quant_mixed"
     extra_options: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
 
+    def int4_option(self, name: str) -> Any:
+        """What the builder gets for one of its int4 options (block_size, accuracy_level, is_symmetric,
+        algo_config): extra_options' value, else the int4_<name> field."""
+        return self.extra_options.get(name, getattr(self, f"int4_{name}"))
+
     @property
     def int4_method(self) -> str:
-        """The int4 method the builder gets: extra_options' algo_config, else int4_algo_config."""
-        return str(self.extra_options.get("algo_config", self.int4_algo_config))
+        return str(self.int4_option("algo_config"))
 
 
 Pass = Annotated[Union[LoRA, QLoRA, MergeAdapterWeights, ModelBuilder], Field(discriminator="type")]
@@ -335,6 +352,7 @@ class AzureMLClient(Model):
 
 # -------------------------------------------------------------------------------------------- workflow
 DEFAULT_CACHE_DIR = ".tunecell/cache"  # relative: next to the config file (a notebook's: its folder)
+CACHE_DIR_SHARED = ("azureml", "estimates", "models", "runs.jsonl", "scratch")  # beside the workflows' folders
 
 
 class SearchStrategy(Model):
@@ -369,6 +387,17 @@ class WorkflowConfig(Model):
     _notes: list[str] = PrivateAttr(default_factory=list)
     _base_dir: Optional[str] = PrivateAttr(default=None)
     _search_space: dict = PrivateAttr(default_factory=dict)  # pass -> dotted option -> candidate values
+
+    @field_validator("workflow_id")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        # it names the workflow's folder in cache_dir, which clean_cache deletes: never a path out of it
+        if v.strip() in ("", ".", "..") or re.search(r"[/\\\0]", v):
+            raise ValueError("must name one folder inside cache_dir (clean_cache deletes it), not a path: no '/', "
+                             "'\\', '.' or '..'")
+        if v in CACHE_DIR_SHARED:
+            raise ValueError(f"{v!r} is cache_dir's own folder for all workflows: choose another name")
+        return v
 
     @property
     def notes(self) -> list[str]:

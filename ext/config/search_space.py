@@ -1,7 +1,7 @@
 """Candidate values (Olive's searchable values): a list where a pass option takes one value.
 
 `precision: [int4, fp32]` on a ModelBuilder pass, `r: [8, 16]` on LoRA, `training_args: {learning_rate: [1e-4,
-3e-4]}`. They are taken out of the tree before validation (the first candidate stays in its place) and each
+3e-4]}`, or Olive's `{olive_parameter_type: SearchParameter, type: Categorical, support: [8, 16]}`. They are taken out of the tree before validation (the first candidate stays in its place) and each
 candidate is validated on its own, so errors keep their key path and line.
 """
 from __future__ import annotations
@@ -35,6 +35,9 @@ def _candidates(d: dict, model: type[BaseModel], prefix: tuple) -> dict[str, lis
         field = model.model_fields.get(key)
         if field is None:
             continue
+        if isinstance(value, dict) and value.get("olive_parameter_type") == "SearchParameter" and \
+                value.get("type") == "Categorical" and isinstance(value.get("support"), list):
+            value = value["support"]  # Olive's own form of a candidate list (its JSON export's, tunecell's too)
         nested = _model_of(field.annotation)
         if nested is not None and isinstance(value, dict):
             found.update(_candidates(value, nested, prefix + (key,)))
@@ -81,8 +84,26 @@ def validate(space: SearchSpace, tree: dict, model_for: dict[str, type[BaseModel
                 try:
                     model_for[p["type"]].model_validate(trial)
                 except ValidationError as e:
-                    raise ConfigError(f"candidate {value!r}: {e.errors()[0]['msg']}",
-                                      path=("passes", name) + tuple(key.split(".")) + (i,)) from None
+                    # any other error of the pass is left to the schema validation, which places it at its own key
+                    message = next((_message(error) for error in e.errors() if _is_about(error, key)), None)
+                    if message is not None:
+                        raise ConfigError(f"candidate {value!r}: {message}",
+                                          path=("passes", name) + tuple(key.split(".")) + (i,)) from None
+
+
+def _is_about(error: dict, key: str) -> bool:
+    """Whether a pydantic error of the pass is about the option ``key`` (dotted); schema.Model's marker for a boolean
+    given for a number names the option in its message."""
+    loc = ".".join(map(str, error["loc"]))
+    if "bool_for_number:" in error["msg"]:
+        loc = ".".join(filter(None, (loc, error["msg"].split("bool_for_number:")[1].split(":")[0])))
+    return loc == key
+
+
+def _message(error: dict) -> str:
+    if "bool_for_number:" in error["msg"]:
+        return f"expected a number, not {error['msg'].rsplit(':', 1)[1]}"
+    return error["msg"]
 
 
 def _with(d: dict, keys: list[str], value: Any) -> dict:

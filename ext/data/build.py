@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..config.schema import DataConfig
 from ..errors import DataError
-from .loading import load_rows
-from .split import split_rows
+from .loading import as_dataset, load_located
+from .split import split_indices, take
 from .tokenize import TokenStats, length_summary, tokenize_with_stats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,21 +59,30 @@ def build_training_data(data_config: DataConfig, tokenizer: Any, *,
     """
     if eval_dataset_size is not None and eval_data_config is not None:
         raise DataError("give eval_dataset_size or eval_data_config, not both")
-    rows = load_rows(data_config, base_dir)
+    table, origins = load_located(data_config, base_dir)
+    rows = as_dataset(table)
     pre = data_config.pre_process_data_config
-    eval_source = None
+    train_at, eval_at = split_indices(len(rows), eval_dataset_size, seed)  # eval_at is [] without eval_dataset_size
     if eval_data_config is not None:
-        train_rows, eval_rows = rows, load_rows(eval_data_config, base_dir)
-        eval_pre = eval_data_config.pre_process_data_config
+        eval_table, eval_origins = load_located(eval_data_config, base_dir)
+        train_rows, eval_rows = rows, as_dataset(eval_table)
+        eval_set = ("evaluation set", eval_data_config, eval_origins.locate)
         eval_source = eval_data_config.name
+    elif eval_at:
+        train_rows, eval_rows = take(rows, train_at), take(rows, eval_at)
+        eval_set = ("held-out evaluation set", data_config,
+                    lambda k: origins.locate(eval_at[k]))
+        eval_source = "split"
     else:
-        train_rows, eval_rows = split_rows(rows, eval_dataset_size, seed)
-        eval_pre = pre
-        eval_source = "split" if eval_rows is not None else None
-    train, tstats = tokenize_with_stats(train_rows, pre, tokenizer)
+        train_rows, eval_rows, eval_source = rows, None, None
+    # errors name a row by its file and its row there: train row k is loaded row train_at[k]
+    train, tstats = tokenize_with_stats(train_rows, pre, tokenizer, locate=lambda k: origins.locate(train_at[k]),
+                                        data_config=data_config.name)
     evaluation, estats = (None, TokenStats())
     if eval_rows is not None:
-        evaluation, estats = tokenize_with_stats(eval_rows, eval_pre, tokenizer)
+        role, config, locate = eval_set
+        evaluation, estats = tokenize_with_stats(eval_rows, config.pre_process_data_config, tokenizer,
+                                                 locate=locate, role=role, data_config=config.name)
     stats = DataStats(
         rows=len(rows), train_rows=len(train_rows), eval_rows=len(eval_rows) if eval_rows is not None else 0,
         strategy=pre.strategy, max_seq_len=pre.max_seq_len, train_sequences=tstats.sequences,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..config.schema import DataConfig, PreProcessDataConfig
 from ..errors import DataError
-from .loading import check_table, label_column_of, load_table
+from .loading import check_table, label_column_of, load_located, load_table
 from .split import split_indices
 from .templates import check_prompt_template, masking, render
 from .tokenize import IGNORE_INDEX, Encoded, encode, length_summary, pad_id_of, row_error
@@ -100,7 +100,7 @@ class DataExplorer:
         self.eval_data_config = eval_data_config
         self.seed = seed
         self.stats_sample = stats_sample
-        self.table = table if table is not None else load_table(data_config, base_dir)
+        self.table, self._origins = (table, None) if table is not None else load_located(data_config, base_dir)
         self.pre = data_config.pre_process_data_config
         self.label_column = label_column or label_column_of(self.pre)
         self.labels = labels or self.pre.labels
@@ -195,14 +195,20 @@ class DataExplorer:
             try:
                 rendered.append(render(row, self.pre, self.tokenizer))
             except DataError as e:
-                raise row_error(e, i, f"data config {self.data_config.name!r}") from None
-        return encode(rendered, self.pre, self.tokenizer, part)
+                raise row_error(e, *self._locate(i)) from None
+        return encode(rendered, self.pre, self.tokenizer, part, locate=self._locate)
+
+    def _locate(self, index: int) -> tuple[str, int]:
+        """(file, 1-based row there) of a loaded row, for errors; a table given as it is: its row."""
+        if self._origins is not None:
+            return self._origins.locate(index)
+        return f"data config {self.data_config.name!r}", index + 1
 
     # --------------------------------------------------------------------------------------- sample
     def sample(self, index: int) -> SampleView:
         row = self.row(index)
+        enc = self._encode([index])[0]  # first: its errors name the row
         rendered = render(row, self.pre, self.tokenizer)
-        enc = self._encode([index])[0]
         cut_at = None
         dropped = False
         if self.pre.strategy == "line-by-line" and len(enc) > self.pre.max_seq_len:

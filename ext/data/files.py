@@ -22,6 +22,10 @@ EXTENSIONS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv
 AZUREML_URI = re.compile(r"^azureml://", re.IGNORECASE)
 _SPLIT = re.compile(r"^\s*([A-Za-z0-9_.\-]*)\s*(?:\[\s*(-?\d*%?)\s*:\s*(-?\d*%?)\s*\])?\s*$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+# datasets' names for the splits of a folder: a file or folder named dev.jsonl, my-valid/ ... holds validation rows
+SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+                  "test": ("test", "testing", "eval", "evaluation")}
+_SEP = "[-._ 0-9]"  # what datasets accepts around a split keyword in a name
 
 
 @dataclass
@@ -123,7 +127,7 @@ def _expand(pattern: str, base: Path) -> list[Path]:
                             hint=f"relative paths are resolved against {base}")
         return matches
     if path.is_dir():
-        inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        inside = _data_files_in(path)
         if not inside:
             raise DataError("folder holds no .jsonl/.json/.csv/.parquet/.txt file", file=str(path))
         return inside
@@ -161,14 +165,16 @@ def resolve_source(data_config: DataConfig, base_dir: Optional[Union[str, Path]]
     name = (load.data_name or "").strip()
     fmt = FORMATS.get(name.lower())
     if data_files is not None:
+        local = Path(os.path.expanduser(name))
+        local = local if local.is_absolute() else base / local
+        if fmt is None and name and local.is_dir():  # a dataset folder plus data_files inside it: datasets reads it
+            try:  # as in datasets, data_files are relative to the folder (or, as tunecell read them before, not)
+                files = _file_list(data_files, local)
+            except DataError:
+                files = _file_list(data_files, base)
+            return Source("folder", split_name, path=local, slice=sl, files=files)
         files = _file_list(data_files, base)
-        if fmt is None:
-            local = Path(os.path.expanduser(name))
-            local = local if local.is_absolute() else base / local
-            if local.is_dir():  # a dataset folder plus data_files inside it: let datasets read it
-                return Source("folder", split_name, path=local, slice=sl, files=files)
-            fmt = _format_of(files, name)
-        return Source("files", split_name, format=fmt, files=files, slice=sl)
+        return Source("files", split_name, format=fmt or _format_of(files, name), files=files, slice=sl)
     if fmt is not None:
         raise DataError(f"data_name {name!r} needs data_files",
                         hint="give load_dataset_config.data_files: a path, a glob, a list or a split mapping")
@@ -177,18 +183,58 @@ def resolve_source(data_config: DataConfig, base_dir: Optional[Union[str, Path]]
     if local.is_file():
         return Source("files", split_name, format=_format_of([local], name), files=[local], slice=sl)
     if local.is_dir():
-        if (local / "dataset_info.json").is_file() or (local / "state.json").is_file() or \
-                (local / split_name / "state.json").is_file():
+        if any((local / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json",
+                                                       f"{split_name}/state.json")):
             return Source("disk", split_name, path=local, slice=sl)
-        files = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        split_files = [p for p in files if split_name in p.stem.lower() or split_name in p.parent.name.lower()]
-        files = split_files or files
-        if not files:
-            raise DataError("folder holds no .jsonl/.json/.csv/.parquet/.txt file", file=str(local))
+        files = _split_files(local, split_name)
         return Source("files", split_name, format=_format_of(files, name), files=files, slice=sl)
     if name.startswith((".", "/", "~")) or os.sep in name and not re.match(r"^[\w.\-]+/[\w.\-]+$", name):
         raise DataError("file not found", file=str(local), hint=f"relative paths are resolved against {base}")
     return Source("hub", split_name, name=name, slice=sl)
+
+
+def _data_files_in(folder: Path) -> list[Path]:
+    """The data files under a folder, as datasets finds them: hidden files and folders (.ipynb_checkpoints) and
+    folders starting with "__" (__pycache__) are skipped."""
+    def skipped(path: Path) -> bool:
+        parts = path.relative_to(folder).parts
+        return any(p.startswith(".") for p in parts) or any(p.startswith("__") for p in parts[:-1])
+
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in EXTENSIONS and not skipped(p))
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """The files of one split in a dataset folder, sorted into splits by name as datasets does: by folder names if
+    any names a split, else by file names (dev.jsonl holds validation rows), else all files are train."""
+    files = _data_files_in(folder)
+    if not files:
+        raise DataError("folder holds no .jsonl/.json/.csv/.parquet/.txt file", file=str(folder))
+    wanted = next((name for name, words in SPLIT_KEYWORDS.items() if split.lower() in words), split)
+    splits = list(dict.fromkeys([*SPLIT_KEYWORDS, wanted]))
+    relative = [p.relative_to(folder) for p in files]
+    found = _splits_named(splits, files, [r.parts[:-1] for r in relative]) or \
+        _splits_named(splits, files, [r.parts[-1:] for r in relative]) or {"train": files}
+    if wanted in found:
+        return found[wanted]
+    held = "; ".join(f"{name}: {', '.join(str(p.relative_to(folder)) for p in in_split)}"
+                     for name, in_split in found.items())
+    raise DataError(f"split {split!r} is not in the folder (splits found: {held})", file=str(folder),
+                    hint=f"set load_dataset_config.split to {' or '.join(found)}. As in datasets, files go to splits "
+                         "by their folder's or their own name (train/training, validation/valid/dev/val, "
+                         "test/testing/eval/evaluation), and a folder without such names is all train")
+
+
+def _splits_named(splits: list[str], files: list[Path], names: list[tuple[str, ...]]) -> dict[str, list[Path]]:
+    """{split: the files one of whose names holds that split's name, between separators}, for splits with files."""
+    found = {}
+    for split in splits:
+        words = "|".join(re.escape(w) for w in SPLIT_KEYWORDS.get(split, (split.lower(),)))
+        named = re.compile(rf"(?:^|{_SEP})(?:{words})(?:{_SEP}|$)")
+        in_split = [p for p, own in zip(files, names) if any(named.search(n.lower()) for n in own)]
+        if in_split:
+            found[split] = in_split
+    return found
 
 
 def _format_of(files: list[Path], name: str) -> str:

@@ -9,8 +9,9 @@ import csv
 import io
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from ..config.schema import DataConfig, PreProcessDataConfig
 from ..errors import DataError
@@ -36,7 +37,7 @@ def _decode(path: Path, data: bytes) -> str:
 def _nth_line(text: str, record: int, skip_blank: bool = True) -> int:
     """1-based line number of the record-th (0-based) non-blank line."""
     seen = -1
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if skip_blank and not line.strip():
             continue
         seen += 1
@@ -123,7 +124,7 @@ def _read_json(path: Path, text: str, data: bytes) -> "pa.Table":
     except Exception:
         pass
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -276,8 +277,33 @@ def _line_note(fmt: Optional[str], text: Optional[str], index: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- loading
+@dataclass
+class RowOrigins:
+    """Where the loaded rows come from, for messages: loaded row i is row start + order[i] (0-based) of the
+    sources' rows read one after another."""
+
+    sources: list[tuple[str, int]]  # (file, or the dataset's name or folder; its rows)
+    start: int  # the first row the split slice keeps
+    order: Sequence[int]  # the rows shuffle and max_samples keep, in their order
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """(file, 1-based row in that file) of loaded row `index` (0-based)."""
+        position = self.start + self.order[index]
+        for where, rows in self.sources:
+            if position < rows:
+                return where, position + 1
+            position -= rows
+        raise IndexError(index)
+
+
 def load_table(data_config: DataConfig, base_dir: Optional[Union[str, Path]] = None) -> "pa.Table":
     """The data config's rows as one Arrow table: read, checked, split-sliced, shuffled and cut to max_samples."""
+    return load_located(data_config, base_dir)[0]
+
+
+def load_located(data_config: DataConfig, base_dir: Optional[Union[str, Path]] = None) \
+        -> "tuple[pa.Table, RowOrigins]":
+    """load_table's table, and where each of its rows comes from."""
     source = _files.resolve_source(data_config, base_dir)
     pre = data_config.pre_process_data_config
     if source.kind == "files":
@@ -286,14 +312,17 @@ def load_table(data_config: DataConfig, base_dir: Optional[Union[str, Path]] = N
             table, text = _read(path, source.format)
             check_table(table, pre, str(path), fmt=source.format, text=text)
             tables.append(table)
+        sources = [(str(path), table.num_rows) for path, table in zip(source.files, tables)]
         table = _concat(tables, source.files)
     else:
         table = _load_with_datasets(source, data_config)
-        check_table(table, pre, source.name or str(source.path))
+        sources = [(source.name or str(source.path), table.num_rows)]
+        check_table(table, pre, sources[0][0])
     start, stop = _files.slice_bounds(table.num_rows, source.slice)
     if (start, stop) != (0, table.num_rows):
         table = table.slice(start, stop - start)
-    return select(table, pre)
+    order = _order(table.num_rows, pre)
+    return _rows_at(table, order), RowOrigins(sources, start, order)
 
 
 def _concat(tables: list, paths: list[Path]) -> "pa.Table":
@@ -308,19 +337,20 @@ def _concat(tables: list, paths: list[Path]) -> "pa.Table":
                         file=", ".join(str(p) for p in paths)) from None
 
 
-def select(table: "pa.Table", pre: PreProcessDataConfig) -> "pa.Table":
-    """Shuffle (seeded by data_seed) and keep the first max_samples rows."""
-    n = table.num_rows
+def _order(n: int, pre: PreProcessDataConfig) -> Sequence[int]:
+    """The rows kept, in their order: shuffled (seeded by data_seed), then the first max_samples."""
+    order: Sequence[int] = range(n)
     if pre.shuffle:
-        order = list(range(n))
+        order = list(order)
         random.Random(pre.data_seed).shuffle(order)
-        if pre.max_samples is not None:
-            order = order[:pre.max_samples]
-        import pyarrow as pa
-        return table.take(pa.array(order, type=pa.int64()))
-    if pre.max_samples is not None and pre.max_samples < n:
-        return table.slice(0, pre.max_samples)
-    return table
+    return order[:pre.max_samples]
+
+
+def _rows_at(table: "pa.Table", order: Sequence[int]) -> "pa.Table":
+    if isinstance(order, range):  # the first rows, in order
+        return table if len(order) == table.num_rows else table.slice(0, len(order))
+    import pyarrow as pa
+    return table.take(pa.array(order, type=pa.int64()))
 
 
 def _load_with_datasets(source: "_files.Source", data_config: DataConfig) -> "pa.Table":
@@ -338,8 +368,14 @@ def _load_with_datasets(source: "_files.Source", data_config: DataConfig) -> "pa
         if isinstance(ds, datasets.DatasetDict):
             if source.split not in ds:
                 raise DataError(f"split {source.split!r} is not in the saved dataset (splits: {', '.join(ds)})",
-                                file=str(source.path))
+                                file=str(source.path), hint="set load_dataset_config.split to one of them")
             ds = ds[source.split]
+        elif source.split not in ("train", ds.split):
+            # a folder of files without split names is all train (as in datasets): so is a single saved Dataset
+            saved_from = f" (it was saved from split {str(ds.split)!r})" if ds.split else ""
+            raise DataError(f"split {source.split!r}: a single saved Dataset has no splits{saved_from}",
+                            file=str(source.path), hint="drop load_dataset_config.split (or write split: train) to "
+                                                        "read all its rows, or save a DatasetDict")
         return _table_of(ds)
     if source.kind == "folder":
         kwargs: dict[str, Any] = {"data_files": [str(p) for p in source.files]}

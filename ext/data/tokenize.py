@@ -8,22 +8,24 @@ prompt tokens (train_on_prompt: false, or a response_template) and on padding.
   when pad_to_max_len. A row whose answer is cut away entirely (no token left carrying loss) is dropped and counted.
 - ``join``: all samples back to back (each ends with eos, so eos separates them), cut into blocks of exactly
   max_seq_len tokens; the last, partial block is padded (labels -100, attention 0) rather than dropped. Prompt masks
-  are kept per sample. Each block records the rows it holds.
+  are kept per sample; a block with no token carrying loss (prompts only) is dropped. Each block records the rows
+  it holds.
 """
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ..config.schema import PreProcessDataConfig
 from ..errors import DataError
-from .templates import Rendered, check_prompt_template, iter_rows, masking, render
+from .templates import Rendered, check_prompt_template, iter_rows, masking, render, text_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 IGNORE_INDEX = -100
+Locate = Callable[[int], tuple[Optional[str], int]]  # a row's index -> (its file, when known; its 1-based row)
 
 
 @dataclass
@@ -87,27 +89,33 @@ def pad_id_of(tokenizer: Any) -> int:
     return 0
 
 
-def render_rows(rows: Any, pre: PreProcessDataConfig, tokenizer: Any = None, start: int = 0) -> list[Rendered]:
+def _given_row(index: int) -> tuple[Optional[str], int]:
+    """Rows given as they are: the 1-based number among them."""
+    return None, index + 1
+
+
+def render_rows(rows: Any, pre: PreProcessDataConfig, tokenizer: Any = None,
+                locate: Locate = _given_row) -> list[Rendered]:
     out = []
-    for i, row in enumerate(iter_rows(rows), start=start):
+    for i, row in enumerate(iter_rows(rows)):
         try:
             out.append(render(row, pre, tokenizer))
         except DataError as e:
-            raise row_error(e, i) from None
+            raise row_error(e, *locate(i)) from None
     return out
 
 
-def row_error(error: DataError, index: int, where: Optional[str] = None) -> DataError:
-    """A rendering error of the loaded rows' row `index` (0-based, after shuffle and max_samples)."""
-    out = DataError(f"row index {index} of the loaded rows (0-based, after shuffle and max_samples): "
-                    f"{error.message}", file=where or error.file, column=error.column, hint=error.hint)
-    out.row = index
-    return out
+def row_error(error: DataError, file: Optional[str], row: int) -> DataError:
+    """The error of one row, placed at its file and 1-based row."""
+    return DataError(error.message, file=file or error.file, row=row, column=error.column, hint=error.hint)
 
 
 def encode(rendered: Sequence[Rendered], pre: PreProcessDataConfig, tokenizer: Any,
-           rows: Optional[Sequence[int]] = None, *, with_offsets: bool = False) -> list[Encoded]:
-    """Tokenize rendered samples (no truncation), add eos, and set -100 on prompt tokens when masking."""
+           rows: Optional[Sequence[int]] = None, *, with_offsets: bool = False,
+           locate: Locate = _given_row) -> list[Encoded]:
+    """Tokenize rendered samples (no truncation), add eos, and set -100 on prompt tokens when masking.
+
+    rows: each sample's row index (default: its position), which `locate` turns into a file and row for errors."""
     if not rendered:
         return []
     rows = list(rows) if rows is not None else list(range(len(rendered)))
@@ -134,12 +142,19 @@ def encode(rendered: Sequence[Rendered], pre: PreProcessDataConfig, tokenizer: A
         n_prompt = 0
         if mask:
             if r.prompt is None:
-                raise DataError("train_on_prompt: false, but this sample has no prompt part to mask", row=rows[k],
-                                hint="use a text_template whose last field is the answer, or a response_template")
+                raise row_error(_no_prompt(pre), *locate(rows[k]))
             n_prompt = _prompt_tokens(r, ids, offsets, pre, tokenizer)
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
         out.append(Encoded(rows[k], ids, labels, r.text, n_prompt, offsets if with_offsets else None))
     return out
+
+
+def _no_prompt(pre: PreProcessDataConfig) -> DataError:
+    if text_source(pre) == "chat":
+        return DataError("train_on_prompt: false, but this conversation has no assistant message to train on",
+                         hint="give every conversation an assistant answer, or remove the row")
+    return DataError("train_on_prompt: false, but this sample has no prompt part to mask",
+                     hint="use a text_template whose last field is the answer, or a response_template")
 
 
 def batch_encode(tokenizer: Any, texts: list[str], add_special_tokens: bool, offsets: bool) -> tuple[list, list]:
@@ -215,6 +230,8 @@ def join(encoded: Sequence[Encoded], pre: PreProcessDataConfig, pad_id: int,
             k = max_len - len(block_ids)
             block_ids, block_labels = block_ids + [pad_id] * k, block_labels + [IGNORE_INDEX] * k
             attention += [0] * k
+        if all(label == IGNORE_INDEX for label in block_labels):  # all prompt: a step that would learn nothing
+            continue
         first = bisect.bisect_right(starts, start) - 1
         last = bisect.bisect_left(starts, min(start + max_len, len(ids))) - 1
         block_rows = [encoded[j].row for j in range(max(first, 0), last + 1)]
@@ -236,16 +253,21 @@ def sequences(encoded: Sequence[Encoded], pre: PreProcessDataConfig, tokenizer: 
     return seqs
 
 
-def tokenize_with_stats(rows: Any, pre: PreProcessDataConfig, tokenizer: Any,
-                        *, keep_row_ids: bool = False) -> tuple["datasets.Dataset", TokenStats]:
+def tokenize_with_stats(rows: Any, pre: PreProcessDataConfig, tokenizer: Any, *, keep_row_ids: bool = False,
+                        locate: Locate = _given_row, role: str = "training set", data_config: Optional[str] = None) \
+        -> tuple["datasets.Dataset", TokenStats]:
+    """tokenize's dataset, and the numbers. An error names its row through `locate` (row index -> file and row),
+    or the rows by their role and data config."""
     check_prompt_template(pre)
-    rendered = render_rows(rows, pre, tokenizer)
+    rendered = render_rows(rows, pre, tokenizer, locate)
     stats = TokenStats()
-    seqs = sequences(encode(rendered, pre, tokenizer), pre, tokenizer, stats)
+    seqs = sequences(encode(rendered, pre, tokenizer, locate=locate), pre, tokenizer, stats)
     if not seqs:
-        raise DataError("no training sequence is left: every row lost its answer to truncation at max_seq_len "
-                        f"{pre.max_seq_len}" if stats.dropped_rows else "there are no rows to tokenize",
-                        hint="raise max_seq_len" if stats.dropped_rows else None)
+        of = f" of data config {data_config!r}" if data_config else ""
+        if stats.dropped_rows:
+            raise DataError(f"the {role}{of} has no sequence left: every row lost its answer to truncation at "
+                            f"max_seq_len {pre.max_seq_len}", hint=f"raise max_seq_len{of}")
+        raise DataError(f"the {role}{of} has no rows to tokenize")
     return to_dataset(seqs, pre, keep_row_ids=keep_row_ids), stats
 
 

@@ -231,6 +231,7 @@ class ProgressCallback:
         self.lr: Optional[float] = None
         self.stopped = False
         self.between_steps = True  # False from a step's start to its end
+        self._logging_step: Optional[int] = None  # a step whose loss the Trainer logs after on_step_end
         self._started = time.perf_counter()
         self._tokens_at_start = 0
 
@@ -247,12 +248,22 @@ class ProgressCallback:
         logs = logs or {}
         self.loss = logs.get("loss", self.loss)
         self.lr = logs.get("learning_rate", self.lr)
+        if self._logging_step == state.global_step:
+            return self._step_done(state, control)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.between_steps = False
 
     def on_step_end(self, args, state, control, **kwargs):
         self.between_steps = True  # the optimizer has stepped: the state is a whole step from here
+        if control.should_log:  # the Trainer logs this step's loss next: report the step with it, in on_log
+            self._logging_step = state.global_step
+            return control
+        return self._step_done(state, control)
+
+    def _step_done(self, state, control):
+        """Report the step; when asked to stop, save a checkpoint (the Trainer saves after on_log) and stop."""
+        self._logging_step = None
         elapsed = time.perf_counter() - self._started
         rate = (self.collator.tokens - self._tokens_at_start) / elapsed if elapsed > 0 else None
         self.ctx.bus.emit(TrainStep(self.ctx.name, state.global_step, state.max_steps, self.loss, self.lr,

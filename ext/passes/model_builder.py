@@ -18,9 +18,9 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
                scratch_dir: Path) -> None:
     """Run the onnxruntime-genai model builder on a local HF folder; out_dir then loads with og.Model.
 
-    extra_options are the builder's own KEY=VALUE options. The builder never contacts the hub (hf_token=false,
-    and hf_path is a local folder), and its scratch files (its cache_dir, HF_HOME, onnxruntime's cache) stay under
-    scratch_dir.
+    extra_options are the builder's own KEY=VALUE options; its int4 ones win over the int4_* arguments. The
+    builder never contacts the hub (hf_token=false, and hf_path is a local folder), and its scratch files (its
+    cache_dir, HF_HOME, onnxruntime's cache) stay under scratch_dir.
     """
     if precision in ("fp16", "bf16") and execution_provider == "cpu":
         raise ValueError(
@@ -31,14 +31,12 @@ def build_onnx(hf_path: Path, out_dir: Path, *, precision: str, execution_provid
         # the builder would take anything else for a hub name and try to download it
         raise FileNotFoundError(f"{hf_path} is not a local Hugging Face model folder (no config.json)")
     options: dict[str, OptionValue] = dict(extra_options or {})
-    if precision == "int4":
-        options["block_size"] = int4_block_size
-        if int4_accuracy_level is not None:
-            options["accuracy_level"] = int4_accuracy_level
-        if int4_is_symmetric is not None:
-            options["is_symmetric"] = int4_is_symmetric
-        if int4_algo_config is not None:
-            options.setdefault("algo_config", int4_algo_config)  # extra_options win
+    if precision == "int4":  # the builder's own names in extra_options win over the int4_* options
+        options.setdefault("block_size", int4_block_size)
+        for key, value in (("accuracy_level", int4_accuracy_level), ("is_symmetric", int4_is_symmetric),
+                           ("algo_config", int4_algo_config)):
+            if value is not None:
+                options.setdefault(key, value)
     options["hf_token"] = False
     option_list = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
                    for key, value in options.items()]

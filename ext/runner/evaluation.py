@@ -57,7 +57,8 @@ def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.Work
     from .. import evaluate
     from ..inference import load_model
 
-    model = load_model(artifact.path, trust_remote_code=config.input_model.load_kwargs.trust_remote_code)
+    base = artifact.base.path if artifact.kind == "adapter" and artifact.base else None  # this run's, not training's
+    model = load_model(artifact.path, trust_remote_code=config.input_model.load_kwargs.trust_remote_code, base=base)
     values = {metric.name: _one(metric, model, artifact.path, config, evaluate) for metric in evaluator.metrics}
     cache.save_metrics(key, values)
     return values

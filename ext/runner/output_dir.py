@@ -34,6 +34,16 @@ def check(out: Path) -> None:
                           path=("output_dir",), hint="choose another output_dir, or move that file away")
 
 
+def check_input(out: Path, model: Path) -> None:
+    """An input model inside a folder the run replaces (a run's output taken as the next run's input) would be
+    replaced by the run's own model, and the next run with the same config would train on that."""
+    model, out = model.resolve(), out.resolve()
+    if model.is_relative_to(out) and model != out and is_published(model.relative_to(out).parts[0]):
+        raise ConfigError(f"the input model {model} is in output_dir, in a folder this run replaces with its own "
+                          "output", path=("input_model", "model_path"),
+                          hint="choose another output_dir for this run, or copy the model out of output_dir first")
+
+
 def link_tree(source: Path, target: Path, identity: str) -> None:
     """Publish ``source`` as ``target``: hard links (copies across file systems) in a temp folder, renamed into
     place."""

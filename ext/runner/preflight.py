@@ -16,6 +16,8 @@ def check(config: schema.WorkflowConfig, *, remote: bool) -> None:
                           hint="merge the adapter into the model first (peft's merge_and_unload), and point "
                                "model_path at the merged folder")
     output_dir.check(config.resolve(config.output_dir))
+    if isinstance(config.input_model.model_path, str):  # a local folder or file, or a hub name (not there)
+        output_dir.check_input(config.resolve(config.output_dir), config.resolve(config.input_model.model_path))
     if remote:
         client = config.azureml_client
         if client is not None and client.aml_config_path and not config.resolve(client.aml_config_path).exists():

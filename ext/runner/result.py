@@ -54,7 +54,8 @@ class RunResult:
         from ..inference import load_model
 
         if which == "model" and self.model_path is not None:
-            return load_model(self.model_path)
+            base = (self.final.get("base") or {}).get("path") if self.final["kind"] == "adapter" else None
+            return load_model(self.model_path, base=base)
         if which not in self.artifacts:
             raise KeyError(f"no artifact {which!r}; this run has {', '.join(self.artifacts)}")
         path = Path(self.artifacts[which])

@@ -25,11 +25,12 @@ def run_search(config: schema.WorkflowConfig, bus: EventBus, stop: threading.Eve
     chosen: Options = {}
     groups = [config.search_space] if strategy.execution_order == "joint" else \
         [{name: options} for name, options in config.search_space.items()]  # pass-by-pass: one pass at a time
+    interrupted = False  # a Ctrl-C outside training ends a candidate's run without setting stop
     for group in groups:
         combos = _combinations(group, strategy)
         results = []
         for options in combos:
-            if stop.is_set():
+            if stop.is_set() or interrupted:
                 break
             index = len(tried) + 1
             merged = {**chosen, **options}
@@ -43,6 +44,7 @@ def run_search(config: schema.WorkflowConfig, bus: EventBus, stop: threading.Eve
             entry = _entry(index, merged, result, config, evaluator)
             tried.append(entry)
             results.append((entry, options))
+            interrupted = entry["status"] == "interrupted"
         ranked = sorted(results, key=lambda pair: rank_key(pair[0], evaluator))
         if ranked:
             chosen.update(ranked[0][1])
@@ -50,7 +52,7 @@ def run_search(config: schema.WorkflowConfig, bus: EventBus, stop: threading.Eve
     for rank, entry in enumerate(ordered, 1):
         entry["rank"] = rank
     best = ordered[0] if ordered else None
-    status = "interrupted" if stop.is_set() else \
+    status = "interrupted" if stop.is_set() or interrupted else \
         "succeeded" if best and best["goals_met"] and best["status"] == "succeeded" else "failed"
     return _summary(config, tried, best, status, time.perf_counter() - started)
 
