@@ -33,9 +33,13 @@ def _usage(subcommand: Optional[str] = None) -> str:
 def _arguments(magic: Any, line: str) -> Any:
     """The magic's arguments, its line split as a shell splits it (as %tunecell and the tunecell command do): quotes
     group words and are removed, --set 'passes.lora.target_modules=[q_proj, v_proj]'. IPython's parse_argstring
-    keeps the quotes. Windows has no POSIX escapes: a backslash in a path stays."""
+    keeps the quotes. On Windows a backslash is a path's separator, not an escape."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    if os.name != "posix":
+        lexer.escape = ""
     try:
-        words = shlex.split(line, posix=os.name == "posix")
+        words = list(lexer)
     except ValueError as e:  # an unclosed quote
         raise UsageError(f"{e}: {line}") from None
     return magic.parser.parse_args(words)  # its parser raises UsageError

@@ -230,6 +230,9 @@ CASES = [
          "expected a number, not true", ("passes", "lora", "alpha"), 14, 5),
     case("candidate-bool", edit("r: 16", "r: [8, true]"), "candidate True: expected a number, not true",
          ("passes", "lora", "r", 1), 13, 5),
+    case("candidate-inside-a-list", edit("target_modules: [q_proj, k_proj, v_proj, o_proj]",
+                                         "target_modules: [[q_proj], [1]]"),
+         "candidate [1]: Input should be a valid string", ("passes", "lora", "target_modules", 1), 16, 5),
     case("bool-for-literal-number", edit("precision: int4}", "precision: int4, int4_accuracy_level: true}"),
          "expected a number, not true", ("passes", "mb", "int4_accuracy_level"), 21, 45),
     # ---- not a mapping

@@ -188,17 +188,6 @@ def test_a_json_line_holding_a_unicode_line_separator_is_one_line(tmp_path):
     assert e.value.row == 3 and "line 3: not valid JSON" in str(e.value)
 
 
-def test_data_files_beside_a_folder_data_name_are_relative_to_that_folder(tmp_path):
-    """As in datasets: load_dataset("corpus", data_files="train.jsonl") reads corpus/train.jsonl."""
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    (folder / "train.jsonl").write_text('{"phrase": "in the folder", "tone": "Joy"}\n', encoding="utf-8")
-    rows = load_rows(data_config("train.jsonl", data_name="corpus"), tmp_path)
-    assert rows["phrase"] == ["in the folder"]
-    rows = load_rows(data_config("corpus/train.jsonl", data_name="corpus"), tmp_path)  # as tunecell read them before
-    assert rows["phrase"] == ["in the folder"]
-
-
 def test_template_field_not_a_column_lists_the_columns(tone_file):
     with pytest.raises(DataError) as e:
         load_rows(data_config(str(tone_file), text_template="### Text: {text}\n### The tone is:\n{tone}"))

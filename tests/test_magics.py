@@ -375,6 +375,19 @@ def test_the_line_is_split_as_a_shell_splits_it(ip: InteractiveShell, main_cell:
     assert "No closing quotation" in short_usage_error(*run(ip, "%%finetune --dry-run --set 'x=1", main_cell))
 
 
+def test_on_windows_a_backslash_in_the_line_is_a_path_s_not_an_escape(monkeypatch) -> None:
+    import os
+
+    from tunecell.magics.magic import TuneCell, _arguments
+
+    line = r'-f "C:\my dir\c.yaml" --set "k=[a, b]" --set d=C:\data\x.jsonl'
+    monkeypatch.setattr(os, "name", "nt")
+    args = _arguments(TuneCell.finetune, line)
+    assert args.file == r"C:\my dir\c.yaml" and args.set == ["k=[a, b]", r"d=C:\data\x.jsonl"]
+    monkeypatch.undo()
+    assert _arguments(TuneCell.finetune, line).set[1] == "d=C:datax.jsonl"  # POSIX: an escape, as in a shell
+
+
 def test_target_overrides_host_and_target(ip: InteractiveShell, tiny_model: Path, paths) -> None:
     systems = "systems:\n  aml: {type: AzureML, aml_compute: gpu}\n  other: {type: AzureML, aml_compute: big}\n"
     remote = workflow(tiny_model, paths["out"] / "t", extra=systems + "host: aml\ntarget: aml\n")

@@ -193,3 +193,8 @@ def test_search_space_round_trips_through_export(tmp_path):
     back = tunecell.load_config(tmp_path / "olive.json")
     assert back.search_space == {"mb": {"int4_block_size": [32, 64]}}
     assert back.search_strategy == config.search_strategy
+    methods = tunecell.load_config(SEARCH.format(model="m", data=DATA, tmp=tmp_path).replace(
+        "int4_block_size: [32, 64]", "int4_algo_config: [k_quant_mixed, rtn]"))
+    export_config(methods, tmp_path / "methods.json")
+    assert json.loads((tmp_path / "methods.json").read_text())["passes"]["mb"]["int4_algo_config"]["support"] == \
+        ["k_quant_mixed", "rtn"]

@@ -69,6 +69,19 @@ def olive_dict(config: schema.WorkflowConfig, folder: Path) -> tuple[dict[str, A
             if key in node:
                 notes.append(f"{where}.{key}: Olive 0.13 ignores it; {why}")
 
+    # first, so that the settings converted below (warmup_steps) see the candidate the run starts with
+    for name, options in config.search_space.items():  # Olive reads a candidate list in its own form
+        for key, values in options.items():
+            node = data["passes"][name]
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            if key in OLIVE_SEARCHABLE.get(config.passes[name].type, ()):
+                node[leaf] = {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": values}
+            else:
+                node[leaf] = values[0]
+                notes.append(f"passes.{name}.{key}: Olive 0.13 searches no such option; exported with the first "
+                             f"candidate, {values[0]!r} (one Olive config per candidate would try the others)")
     if data["input_model"].pop("gguf_file", None) is not None:  # Olive's HfModel would fail on the key
         notes.append("input_model.gguf_file left out: Olive 0.13 loads no GGUF file (point model_path at an HF "
                      "folder: tunecell's converted copy is under its cache_dir/models)")
@@ -89,7 +102,7 @@ def olive_dict(config: schema.WorkflowConfig, folder: Path) -> tuple[dict[str, A
                 args.pop("warmup_steps", None)
                 args["warmup_ratio"] = p.training_args.warmup_steps
         if isinstance(p, schema.ModelBuilder) and p.precision == "int4":
-            out["int4_algo_config"] = p.int4_algo_config  # Olive leaves the builder's own default
+            out.setdefault("int4_algo_config", p.int4_algo_config)  # Olive leaves the builder's own default
     for i, dc in enumerate(config.data_configs):
         out = data["data_configs"][i]
         pre = out.setdefault("pre_process_data_config", {})
@@ -119,18 +132,6 @@ def olive_dict(config: schema.WorkflowConfig, folder: Path) -> tuple[dict[str, A
                          "same accelerators (run it where they are, or submit the tunecell YAML export)")
     if data.pop("azureml_client", None) is not None:
         notes.append("azureml_client left out: Olive 0.13 has no AzureML support")
-    for name, options in config.search_space.items():  # Olive reads a candidate list in its own form
-        for key, values in options.items():
-            node = data["passes"][name]
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node[part]
-            if key in OLIVE_SEARCHABLE.get(config.passes[name].type, ()):
-                node[leaf] = {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": values}
-            else:
-                node[leaf] = values[0]
-                notes.append(f"passes.{name}.{key}: Olive 0.13 searches no such option; exported with the first "
-                             f"candidate, {values[0]!r} (one Olive config per candidate would try the others)")
     if config.search_strategy is not None:  # Olive has no default execution order nor sampler
         data["search_strategy"] = config.search_strategy.model_dump(mode="json", exclude_none=True)
     return data, notes

@@ -92,12 +92,13 @@ def validate(space: SearchSpace, tree: dict, model_for: dict[str, type[BaseModel
 
 
 def _is_about(error: dict, key: str) -> bool:
-    """Whether a pydantic error of the pass is about the option ``key`` (dotted); schema.Model's marker for a boolean
-    given for a number names the option in its message."""
-    loc = ".".join(map(str, error["loc"]))
+    """Whether a pydantic error of the pass is about the option ``key`` (dotted) or inside it (a list's item, a
+    union's member); schema.Model's marker for a boolean given for a number names the option in its message."""
+    loc = tuple(map(str, error["loc"]))
     if "bool_for_number:" in error["msg"]:
-        loc = ".".join(filter(None, (loc, error["msg"].split("bool_for_number:")[1].split(":")[0])))
-    return loc == key
+        loc += (error["msg"].split("bool_for_number:")[1].split(":")[0],)
+    parts = tuple(key.split("."))
+    return loc[:len(parts)] == parts
 
 
 def _message(error: dict) -> str:

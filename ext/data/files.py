@@ -165,16 +165,14 @@ def resolve_source(data_config: DataConfig, base_dir: Optional[Union[str, Path]]
     name = (load.data_name or "").strip()
     fmt = FORMATS.get(name.lower())
     if data_files is not None:
-        local = Path(os.path.expanduser(name))
-        local = local if local.is_absolute() else base / local
-        if fmt is None and name and local.is_dir():  # a dataset folder plus data_files inside it: datasets reads it
-            try:  # as in datasets, data_files are relative to the folder (or, as tunecell read them before, not)
-                files = _file_list(data_files, local)
-            except DataError:
-                files = _file_list(data_files, base)
-            return Source("folder", split_name, path=local, slice=sl, files=files)
         files = _file_list(data_files, base)
-        return Source("files", split_name, format=fmt or _format_of(files, name), files=files, slice=sl)
+        if fmt is None:
+            local = Path(os.path.expanduser(name))
+            local = local if local.is_absolute() else base / local
+            if local.is_dir():  # a dataset folder plus data_files inside it: let datasets read it
+                return Source("folder", split_name, path=local, slice=sl, files=files)
+            fmt = _format_of(files, name)
+        return Source("files", split_name, format=fmt, files=files, slice=sl)
     if fmt is not None:
         raise DataError(f"data_name {name!r} needs data_files",
                         hint="give load_dataset_config.data_files: a path, a glob, a list or a split mapping")
@@ -231,7 +229,7 @@ def _splits_named(splits: list[str], files: list[Path], names: list[tuple[str, .
     for split in splits:
         words = "|".join(re.escape(w) for w in SPLIT_KEYWORDS.get(split, (split.lower(),)))
         named = re.compile(rf"(?:^|{_SEP})(?:{words})(?:{_SEP}|$)")
-        in_split = [p for p, own in zip(files, names) if any(named.search(n.lower()) for n in own)]
+        in_split = [p for p, own in zip(files, names) if any(named.search(n) for n in own)]  # case counts
         if in_split:
             found[split] = in_split
     return found

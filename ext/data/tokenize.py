@@ -8,8 +8,7 @@ prompt tokens (train_on_prompt: false, or a response_template) and on padding.
   when pad_to_max_len. A row whose answer is cut away entirely (no token left carrying loss) is dropped and counted.
 - ``join``: all samples back to back (each ends with eos, so eos separates them), cut into blocks of exactly
   max_seq_len tokens; the last, partial block is padded (labels -100, attention 0) rather than dropped. Prompt masks
-  are kept per sample; a block with no token carrying loss (prompts only) is dropped. Each block records the rows
-  it holds.
+  are kept per sample. Each block records the rows it holds.
 """
 from __future__ import annotations
 
@@ -230,8 +229,6 @@ def join(encoded: Sequence[Encoded], pre: PreProcessDataConfig, pad_id: int,
             k = max_len - len(block_ids)
             block_ids, block_labels = block_ids + [pad_id] * k, block_labels + [IGNORE_INDEX] * k
             attention += [0] * k
-        if all(label == IGNORE_INDEX for label in block_labels):  # all prompt: a step that would learn nothing
-            continue
         first = bisect.bisect_right(starts, start) - 1
         last = bisect.bisect_left(starts, min(start + max_len, len(ids))) - 1
         block_rows = [encoded[j].row for j in range(max(first, 0), last + 1)]
