@@ -261,7 +261,7 @@ def apply_override(tree: LocatedDict, item: str) -> tuple:
         raise ConfigError(f"--set expects key.path=value, got {item!r}", hint="for example --set passes.lora.r=8")
     parts = key.strip().split(".")
     node: Any = tree
-    written = tuple(parts)
+    created: Optional[tuple] = None  # the first key the override adds
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             node = next((x for x in node if isinstance(x, dict) and x.get("name") == part), None) \
@@ -271,8 +271,8 @@ def apply_override(tree: LocatedDict, item: str) -> tuple:
             raise ConfigError(f"--set {key}: there is no {parts[0]} entry {part!r} (there are: {names})",
                               path=tuple(parts[:i]), hint=_did_you_mean(part, [str(name) for name in node]))
         else:
-            if isinstance(node, dict) and part not in node and written == tuple(parts):
-                written = tuple(parts[:i + 1])
+            if created is None and isinstance(node, dict) and part not in node:
+                created = tuple(parts[:i + 1])
             node = node.setdefault(part, LocatedDict()) if isinstance(node, dict) else None
         if node is None:
             raise ConfigError(f"--set {key}: nothing is called {part!r} there", path=tuple(parts[:i + 1]))
@@ -283,7 +283,7 @@ def apply_override(tree: LocatedDict, item: str) -> tuple:
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML ({getattr(e, 'problem', None) or e})",
                           path=tuple(parts), hint="quote it: --set 'key=\"text\"'") from None
-    return written
+    return created or tuple(parts)
 
 
 # ------------------------------------------------------------------------------ pydantic errors, located
@@ -297,9 +297,9 @@ def _config_error(error: ValidationError, tree: Any) -> ConfigError:
     hint = None
     if kind == "value_error" and "extra_forbidden:" in message:  # TrainingArgs' own unknown-key check
         loc, kind = loc + (message.split("extra_forbidden:")[1],), "extra_forbidden"
-    if kind == "value_error" and "bool_for_number:" in message:  # schema.Model's check
-        key, value = message.split("bool_for_number:")[1].split(":")
-        loc, message = loc + (key,), f"expected a number, not {value}"
+    marker = schema.bool_for_number(first) if kind == "value_error" else None  # schema.Model's check
+    if marker is not None:
+        loc, message = loc + (marker[0],), marker[1]
     clean, pos = locate(tree, loc)
     if kind == "extra_forbidden":
         key = clean[-1]

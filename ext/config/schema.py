@@ -48,6 +48,14 @@ class Model(BaseModel):
         return data
 
 
+def bool_for_number(error: dict) -> Optional[tuple[str, str]]:
+    """(key, message) of a pydantic error that is Model's marker for a boolean given for a number, else None."""
+    if "bool_for_number:" not in error["msg"]:
+        return None
+    key, value = error["msg"].split("bool_for_number:")[1].split(":")
+    return key, f"expected a number, not {value}"
+
+
 # ---------------------------------------------------------------------------------------------- models
 class AzureMLRegistryModel(Model):
     type: Literal["azureml_registry_model"] = "azureml_registry_model"

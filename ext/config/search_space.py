@@ -12,6 +12,7 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from ..errors import ConfigError
+from .schema import bool_for_number
 
 SearchSpace = dict[str, dict[str, list[Any]]]  # pass name -> dotted option -> candidate values
 
@@ -85,26 +86,22 @@ def validate(space: SearchSpace, tree: dict, model_for: dict[str, type[BaseModel
                     model_for[p["type"]].model_validate(trial)
                 except ValidationError as e:
                     # any other error of the pass is left to the schema validation, which places it at its own key
-                    message = next((_message(error) for error in e.errors() if _is_about(error, key)), None)
+                    parts = tuple(key.split("."))
+                    message = next((text for loc, text in map(_placed, e.errors()) if loc[:len(parts)] == parts),
+                                   None)
                     if message is not None:
                         raise ConfigError(f"candidate {value!r}: {message}",
-                                          path=("passes", name) + tuple(key.split(".")) + (i,)) from None
+                                          path=("passes", name) + parts + (i,)) from None
 
 
-def _is_about(error: dict, key: str) -> bool:
-    """Whether a pydantic error of the pass is about the option ``key`` (dotted) or inside it (a list's item, a
-    union's member); schema.Model's marker for a boolean given for a number names the option in its message."""
-    loc = tuple(map(str, error["loc"]))
-    if "bool_for_number:" in error["msg"]:
-        loc += (error["msg"].split("bool_for_number:")[1].split(":")[0],)
-    parts = tuple(key.split("."))
-    return loc[:len(parts)] == parts
-
-
-def _message(error: dict) -> str:
-    if "bool_for_number:" in error["msg"]:
-        return f"expected a number, not {error['msg'].rsplit(':', 1)[1]}"
-    return error["msg"]
+def _placed(error: dict) -> tuple[tuple[str, ...], str]:
+    """A pydantic error of a pass as (the key path it is about, its message): the key of a list's item or a union's
+    member starts with its option's; schema.Model's marker for a boolean given for a number names its key."""
+    loc, message = tuple(map(str, error["loc"])), error["msg"]
+    marker = bool_for_number(error)
+    if marker is not None:
+        loc, message = loc + (marker[0],), marker[1]
+    return loc, message
 
 
 def _with(d: dict, keys: list[str], value: Any) -> dict:

@@ -181,8 +181,8 @@ def resolve_source(data_config: DataConfig, base_dir: Optional[Union[str, Path]]
     if local.is_file():
         return Source("files", split_name, format=_format_of([local], name), files=[local], slice=sl)
     if local.is_dir():
-        if any((local / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json",
-                                                       f"{split_name}/state.json")):
+        if any((local / marker).is_file() for marker in ("dataset_dict.json", "state.json", "dataset_info.json",
+                                                           f"{split_name}/state.json")):
             return Source("disk", split_name, path=local, slice=sl)
         files = _split_files(local, split_name)
         return Source("files", split_name, format=_format_of(files, name), files=files, slice=sl)
