@@ -207,6 +207,19 @@ def test_join_keeps_each_samples_prompt_mask(word_tokenizer):
     assert ds.column_names == ["input_ids", "attention_mask", "labels"]
 
 
+def test_join_leaves_out_blocks_of_prompt_tokens_only(word_tokenizer):
+    # rows of 16, 16, 16, 16, 15, 15 tokens, each ending in its label and </s>: in blocks of 8, every other block
+    # holds prompt tokens only. A step on one would still move the weights (AdamW), and log a loss of 0.
+    masked = pre(strategy="join", max_seq_len=8, train_on_prompt=False)
+    ds, stats = tokenize_with_stats(TONE_ROWS, masked, word_tokenizer, keep_row_ids=True)
+    assert (ds.num_rows, stats.no_loss_blocks, stats.sequences) == (6, 6, 6)
+    assert ds["row_ids"] == [[0], [1], [2], [3], [4, 5], [5]]
+    assert [sum(x != IGNORE_INDEX for x in labels) for labels in ds["labels"]] == [2] * 6
+    assert stats.summary()["no_loss_blocks"] == 6
+    whole, stats = tokenize_with_stats(TONE_ROWS, pre(strategy="join", max_seq_len=8), word_tokenizer)
+    assert (whole.num_rows, stats.no_loss_blocks) == (12, 0)
+
+
 def test_collator_pads_a_batch(word_tokenizer):
     import torch
 
@@ -237,12 +250,15 @@ def test_join_invariants(phrases, max_seq_len, mask):
     ds, stats = tokenize_with_stats(rows, p, _TOKENIZER, keep_row_ids=True)
     per_row = [n_tokens(r) for r in rows]
     assert all(len(x) == max_seq_len for x in ds["input_ids"])
-    assert ds.num_rows == -(-sum(per_row) // max_seq_len) and stats.non_pad_tokens == sum(per_row)
-    stream = [t for ids, att in zip(ds["input_ids"], ds["attention_mask"]) for t, a in zip(ids, att) if a]
-    assert stream.count(EOS) == len(rows) and stream.count(BOS) == len(rows)
-    assert sorted({r for block in ds["row_ids"] for r in block}) == list(range(len(rows)))
+    assert ds.num_rows + stats.no_loss_blocks == -(-sum(per_row) // max_seq_len)
+    assert all(any(x != IGNORE_INDEX for x in labels) for labels in ds["labels"])  # prompt-only blocks left out
     loss = sum(x != IGNORE_INDEX for labels in ds["labels"] for x in labels)
     assert loss == (2 * len(rows) if mask else sum(per_row))  # masked: the label and </s> of each row
+    if not mask:
+        assert stats.no_loss_blocks == 0 and stats.non_pad_tokens == sum(per_row)
+        stream = [t for ids, att in zip(ds["input_ids"], ds["attention_mask"]) for t, a in zip(ids, att) if a]
+        assert stream.count(EOS) == len(rows) and stream.count(BOS) == len(rows)
+        assert sorted({r for block in ds["row_ids"] for r in block}) == list(range(len(rows)))
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

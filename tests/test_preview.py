@@ -111,6 +111,21 @@ def test_strategy_control_and_join_blocks(tone_file, word_tokenizer):
     assert "join blocks of 16 tokens</td><td style=\"text-align:left\">6" in w.stats_box.value
 
 
+def test_join_blocks_of_prompt_tokens_only_are_marked_and_not_counted_as_trained(tone_file, word_tokenizer):
+    # as tests/test_data_tokenize.py's: blocks of 8 over rows of 15-16 tokens, every other one prompt tokens only
+    w = preview(data_config(str(tone_file), strategy="join", max_seq_len=8, train_on_prompt=False), word_tokenizer)
+    stats = w.explorer.stats()
+    assert stats.exact and (stats.sequences, stats.no_loss_blocks) == (6, 6)  # what the LoRA pass trains on
+    assert "join blocks of 8 tokens trained on</td><td style=\"text-align:left\">6" in w.stats_box.value
+    assert "blocks of prompt tokens only (left out)</td><td style=\"text-align:left\">6" in w.stats_box.value
+    w.controls["view"].value = "blocks"
+    assert [w.explorer.block(i).trained for i in range(4)] == [False, True, False, True]
+    assert "training leaves this block out" in w.sample_box.value  # block 0
+    w.buttons["next"].click()
+    assert "training leaves this block out" not in w.sample_box.value
+    assert w.explorer.n_blocks() == (12, True)  # the pages number every block
+
+
 def test_template_control_rerenders_and_rejects_unknown_columns(tone_file, word_tokenizer):
     w = preview(data_config(str(tone_file), strategy="line-by-line"), word_tokenizer)
     w.controls["text_template"].value = "{phrase} => {tone}"

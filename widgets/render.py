@@ -109,6 +109,9 @@ def block_html(view: BlockView, *, total: Optional[int], exact: bool, max_seq_le
     rows = ", ".join(str(r) for r in view.rows)
     head = (f"<b>block {view.index}</b>{of} · {max_seq_len} tokens · rows {rows} · {view.loss_tokens} carry loss" +
             (f" · {view.padded} padding" if view.padded else ""))
+    if not view.trained:
+        head += ("<div style='font-size:12px;color:#c0392b'>prompt tokens only (train_on_prompt: false): "
+                 "training leaves this block out</div>")
     return (f'<div class="tc-block" style="{BOX}"><div>{head}</div>'
             f'<div style="font-size:12px;color:#555">a blue bar and r<i>n</i> mark where row <i>n</i> starts</div>'
             f'{tokens_html(view.tokens)}</div>')
@@ -140,8 +143,11 @@ def stats_rows(stats: StatsView) -> list[tuple[str, str]]:
             out.append(("rows left with no answer token (dropped)", _fmt(stats.dropped)))
         out.append(("training sequences" + ("" if stats.exact else " (estimated)"), _fmt(stats.sequences)))
     else:
-        out.append((f"join blocks of {stats.max_seq_len} tokens" + ("" if stats.exact else " (estimated)"),
+        trained = " trained on" if stats.no_loss_blocks else ""
+        out.append((f"join blocks of {stats.max_seq_len} tokens{trained}" + ("" if stats.exact else " (estimated)"),
                     _fmt(stats.sequences)))
+        if stats.no_loss_blocks:
+            out.append(("blocks of prompt tokens only (left out)", _fmt(stats.no_loss_blocks)))
     if stats.loss_fraction is not None:
         out.append(("tokens carrying loss", f"{100 * stats.loss_fraction:.1f}%"))
     if stats.label_counts:

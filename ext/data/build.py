@@ -29,6 +29,7 @@ class DataStats:
     loss_tokens: int  # train tokens whose label is not -100
     truncated_rows: int  # train rows longer than max_seq_len (line-by-line)
     dropped_rows: int  # train rows dropped because truncation left no token carrying loss
+    no_loss_blocks: int  # join blocks of prompt tokens only (train_on_prompt: false), left out
     length_min: Optional[int] = None  # tokens per train row, bos and eos included, before truncation
     length_median: Optional[float] = None
     length_p95: Optional[int] = None
@@ -88,5 +89,5 @@ def build_training_data(data_config: DataConfig, tokenizer: Any, *,
         strategy=pre.strategy, max_seq_len=pre.max_seq_len, train_sequences=tstats.sequences,
         eval_sequences=estats.sequences, tokens=tstats.tokens, non_pad_tokens=tstats.non_pad_tokens,
         loss_tokens=tstats.loss_tokens, truncated_rows=tstats.truncated_rows, dropped_rows=tstats.dropped_rows,
-        eval_source=eval_source, **length_summary(tstats.lengths))
+        no_loss_blocks=tstats.no_loss_blocks, eval_source=eval_source, **length_summary(tstats.lengths))
     return TrainingData(train, evaluation, train_rows, eval_rows, stats)

@@ -64,6 +64,7 @@ class BlockView:
     rows: list[int]
     padded: int  # pad tokens at the end (the last block)
     loss_tokens: int
+    trained: bool = True  # False: prompt tokens only with train_on_prompt false, so training leaves it out
 
 
 @dataclass
@@ -80,10 +81,11 @@ class StatsView:
     truncated: int  # rows (of the sampled) longer than max_seq_len
     dropped: int  # line-by-line rows (of the sampled) left with no loss token after truncation
     loss_fraction: Optional[float]  # loss-carrying tokens / tokens, over the sampled rows
-    sequences: Optional[int]  # line-by-line: rows trained on; join: blocks (estimated unless exact)
+    sequences: Optional[int]  # line-by-line: rows trained on; join: blocks trained on (estimated unless exact)
     histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (low, high, count) of lengths
     label_column: Optional[str] = None
     label_counts: list[tuple[str, int]] = field(default_factory=list)  # exact, over all loaded rows
+    no_loss_blocks: int = 0  # join: blocks of prompt tokens only, which training leaves out (estimated unless exact)
 
 
 class DataExplorer:
@@ -268,7 +270,7 @@ class DataExplorer:
         if self.packed_all:
             return max(1, math.ceil(len(self._stream_ids) / self.pre.max_seq_len)) if self._stream_ids else 0, True
         stats = self.stats()
-        return stats.sequences or 0, False
+        return (stats.sequences or 0) + stats.no_loss_blocks, False  # the pages number every block
 
     def block(self, index: int) -> BlockView:
         size = self.pre.max_seq_len
@@ -295,7 +297,8 @@ class DataExplorer:
         pad_id = pad_id_of(self.tokenizer)
         pad_text = _token_texts(self.tokenizer, [pad_id])[0] if padded else ""
         tokens += [TokenView(pad_id, pad_text, False, True, pad=True) for _ in range(padded)]
-        return BlockView(index, tokens, rows, padded, sum(1 for t in tokens if t.loss))
+        loss_tokens = sum(1 for t in tokens if t.loss)
+        return BlockView(index, tokens, rows, padded, loss_tokens, trained=bool(loss_tokens) or not masking(self.pre))
 
     def _blocks_of(self, index: int) -> Optional[list[int]]:
         """The join blocks that hold row `index` (None for eval rows, or when that far is not packed yet)."""
@@ -339,10 +342,18 @@ class DataExplorer:
         if join:
             train_tokens = sum(x for x, t in zip(lengths, in_train) if t)
             est = train_tokens * (n_train / sampled_train) if sampled_train else 0
-            sequences = math.ceil(est / size) if est else 0
+            blocks = math.ceil(est / size) if est else 0
+            if masking(self.pre) and blocks:
+                train = [(x, p) for x, p, t in zip(lengths, prompts, in_train) if t]
+                with_loss, sampled_blocks = _blocks_with_loss(train, size)
+                sequences = round(blocks * with_loss / sampled_blocks)
+            else:
+                sequences = blocks
+            no_loss_blocks = blocks - sequences
         else:
             kept_train = sum(1 for t, d in zip(in_train, no_loss) if t and not d)
             sequences = round(kept_train * n_train / sampled_train) if sampled_train else 0
+            no_loss_blocks = 0
         total = sum(kept)
         self._stats = StatsView(
             rows=n, train_rows=n_train, eval_rows=self.eval_rows,
@@ -351,7 +362,8 @@ class DataExplorer:
             strategy=self.pre.strategy, max_seq_len=size, sampled=len(sample), exact=len(sample) == n,
             lengths=length_summary(lengths), truncated=truncated, dropped=sum(no_loss),
             loss_fraction=(sum(loss) / total) if total else None, sequences=sequences,
-            histogram=_histogram(lengths), label_column=self.label_column, label_counts=self.label_counts())
+            histogram=_histogram(lengths), label_column=self.label_column, label_counts=self.label_counts(),
+            no_loss_blocks=no_loss_blocks)
         return self._stats
 
     def label_counts(self) -> list[tuple[str, int]]:
@@ -364,6 +376,16 @@ class DataExplorer:
         out = [(str(c["values"]), int(c["counts"])) for c in counts]
         order = {label: k for k, label in enumerate(self.labels or [])}
         return sorted(out, key=lambda x: (order.get(x[0], len(order)), -x[1], x[0]))
+
+
+def _blocks_with_loss(rows: list[tuple[int, int]], size: int) -> tuple[int, int]:
+    """(blocks holding a loss token, blocks) of rows (tokens, of them prompt tokens) joined in this order."""
+    position, with_loss = 0, set()
+    for tokens, prompt in rows:
+        if prompt < tokens:
+            with_loss.update(range((position + prompt) // size, (position + tokens - 1) // size + 1))
+        position += tokens
+    return len(with_loss), math.ceil(position / size)
 
 
 def _histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:

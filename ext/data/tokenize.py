@@ -61,13 +61,14 @@ class TokenStats:
     loss_tokens: int = 0
     truncated_rows: int = 0
     dropped_rows: int = 0  # line-by-line rows with no token left carrying loss
+    no_loss_blocks: int = 0  # join blocks of prompt tokens only (train_on_prompt: false), left out
     lengths: list[int] = field(default_factory=list)  # tokens per row before truncation (bos and eos included)
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "sequences": self.sequences, "tokens": self.tokens,
                 "non_pad_tokens": self.non_pad_tokens, "loss_tokens": self.loss_tokens,
                 "truncated_rows": self.truncated_rows, "dropped_rows": self.dropped_rows,
-                **length_summary(self.lengths)}
+                "no_loss_blocks": self.no_loss_blocks, **length_summary(self.lengths)}
 
 
 def length_summary(lengths: Sequence[int]) -> dict[str, Any]:
@@ -224,6 +225,11 @@ def join(encoded: Sequence[Encoded], pre: PreProcessDataConfig, pad_id: int,
     blocks = []
     for start in range(0, len(ids), max_len):
         block_ids, block_labels = ids[start:start + max_len], labels[start:start + max_len]
+        if masking(pre) and all(x == IGNORE_INDEX for x in block_labels):
+            # nothing to learn from: a step on it would still move the weights (AdamW's moments, weight decay)
+            if stats is not None:
+                stats.no_loss_blocks += 1
+            continue
         attention = [1] * len(block_ids)
         if len(block_ids) < max_len:
             k = max_len - len(block_ids)

@@ -43,6 +43,9 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     ctx.log(f"{len(data.train)} training samples, {len(data.eval) if data.eval is not None else 0} held out; "
             f"{trainable:,} trainable parameters; training on {device}")
     _warn_about_truncation(data.stats, ctx)
+    if data.stats.no_loss_blocks:
+        ctx.log(f"{data.stats.no_loss_blocks} join blocks hold prompt tokens only (train_on_prompt: false) and are "
+                f"left out; {data.stats.train_sequences} blocks carry loss")
 
     args = transformers.TrainingArguments(**_training_arguments(cfg, ctx, has_eval=data.eval is not None))
     # packed batches and loss-position-only logits when the model gives the same loss with them (checked here)
