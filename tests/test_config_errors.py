@@ -349,3 +349,19 @@ def test_an_error_in_text_laid_over_a_file_is_at_its_own_line_and_one_in_the_fil
     with pytest.raises(ConfigError) as info:  # an override replaces the file's value: its line is not shown
         load_config("passes:\n  lora:\n    lora_dropout: 0.2\n", base=base, overrides=["passes.lora.r=true"])
     assert info.value.message == "expected a number, not true (from the override passes.lora.r=true)"
+
+
+def test_a_base_file_that_cannot_be_read_or_normalised_is_named_with_its_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("passes:\n  lora:\n    type: LoRA\n    r: [1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid YAML") as info:
+        load_config("passes:\n  lora:\n    r: 8\n", base=broken)
+    assert info.value.message.endswith(f"(line {info.value.line} of {broken})")
+    both = tmp_path / "both.yaml"  # an old name and its new one: the dialects' normalisation refuses it
+    both.write_text("passes:\n  lora:\n    type: LoRA\n    lora_r: 8\n    r: 4\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="both 'lora_r'") as info:
+        load_config("passes:\n  lora:\n    lora_dropout: 0.2\n", base=both)
+    assert info.value.line == 4 and info.value.message.endswith(f"(line 4 of {both})")
+    with pytest.raises(ConfigError) as info:  # the file's name is in the message already: not twice
+        load_config("passes: {}\n", base=tmp_path / "missing.yaml")
+    assert str(info.value).count("missing.yaml") == 1

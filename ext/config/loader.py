@@ -31,9 +31,16 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
     tree, notes, base_dir = _tree(source, namespace)
     base_name = None
     if base is not None:
-        base_tree, base_notes, base_base_dir = _tree(base, namespace)
         named = _named_file(base) if isinstance(base, (str, os.PathLike)) else None
         base_name = str(named) if named is not None else "the base config"
+        try:
+            base_tree, base_notes, base_base_dir = _tree(base, namespace)
+        except ConfigError as e:  # its line numbers are the base's, which the cell's would otherwise look like
+            if e.line is None and base_name in e.message:
+                raise
+            where = f"line {e.line} of {base_name}" if e.line is not None else base_name
+            raise ConfigError(f"{e.message} ({where})", path=e.path, line=e.line, column=e.column,
+                              hint=e.hint) from None
         labelled(base_tree, base_name)
         tree, notes, base_dir = _overlay(base_tree, tree), base_notes + notes, base_dir or base_base_dir
     written = [(item, _locating(lambda: apply_override(tree, item), tree)) for item in overrides]
