@@ -296,7 +296,11 @@ class TuneCell(Magics):
                 return None
             return "run this cell again to add a cell with this config below it"
 
-        return preview(source, namespace=self.shell.user_ns, base_dir=config.base_dir, on_write=write)
+        from tunecell.data.tokenizer import load_tokenizer
+
+        # the tokenizer of the config as this magic loaded it: with %config TuneCell.cache_dir, a --target's
+        return preview(source, load_tokenizer(None, config), namespace=self.shell.user_ns, base_dir=config.base_dir,
+                       on_write=write)
 
     def _describe(self, config: Any, name: Optional[str], start_from: Any) -> str:
         """The plan of what a run would do: from --from NAME, only the passes that NAME's run did not."""

@@ -133,6 +133,26 @@ def test_every_way_to_name_the_gguf_shares_one_content_keyed_conversion(smollm_c
     assert "local Hugging Face cache" in others[2].source
 
 
+def test_a_tokenizer_alone_is_read_from_the_gguf_without_converting_the_weights(smollm_cache, tmp_path):
+    from tunecell.config import load_config
+    from tunecell.data.tokenizer import load_tokenizer
+
+    config_file = tmp_path / "cfg" / "c.yaml"
+    config_file.parent.mkdir()
+    config_file.write_text("input_model: {model_path: SmolLM2-135M-Instruct}\ncache_dir: cache\n")
+    tokenizer = load_tokenizer(None, load_config(config_file))  # the preview's: converting took 50 s
+    models = tmp_path / "cfg" / "cache" / "models"  # relative to the config's folder, as a run's cache_dir
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == []
+    converted = resolve("SmolLM2-135M-Instruct", smollm_cache).path
+    reference = load_tokenizer(str(converted))
+    text = "### Text: I lost my dog, 日本語 🎉\n### The tone is:\nSad"
+    assert tokenizer(text).input_ids == reference(text).input_ids
+    assert (tokenizer.eos_token, tokenizer.chat_template) == (reference.eos_token, reference.chat_template)
+    # once converted, the folder's own files
+    config = load_config(f"input_model: {{model_path: SmolLM2-135M-Instruct}}\ncache_dir: {smollm_cache}\n")
+    assert Path(load_tokenizer(None, config).name_or_path) == converted
+
+
 def test_converted_smollm2_generates(smollm_cache):
     from tunecell.inference import load_model
 

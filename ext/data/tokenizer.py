@@ -32,7 +32,9 @@ def load_tokenizer(spec: Any = None, config: Any = None) -> Any:
             except ImportError as e:
                 raise DataError(f"cannot resolve input_model's tokenizer ({e})",
                                 hint="pass tokenizer=<tokenizer object or model folder>") from None
-            path = resolve_model(model, Path(config.cache_dir)).path
+            path = resolve_model(model, Path(config.resolve(config.cache_dir)), convert_gguf=False).path
+            if path.is_file():  # a GGUF not converted yet: its tokenizer is read from the file
+                path, kwargs["gguf_file"] = path.parent, path.name
         load_kwargs = getattr(config.input_model, "load_kwargs", None)
         if load_kwargs is not None and load_kwargs.trust_remote_code:
             kwargs["trust_remote_code"] = True

