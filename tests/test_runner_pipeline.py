@@ -355,9 +355,42 @@ def test_an_entry_rebuilt_under_the_same_key_is_published_again(tiny_model, tmp_
         result, _ = run(config)
         assert result.status == "succeeded" and not result.passes[0].cache_hit
         built = Path(result.artifacts["mb"]) / "artifact" / "model.onnx"
-        assert os.path.samefile(published, built)  # linked from this run's entry
-        builds.append((built.stat().st_ino, (published.parent / ".tunecell-identity").read_text()))
-    assert builds[0][0] != builds[1][0] and builds[0][1] != builds[1][1]
+        assert published.read_bytes() == built.read_bytes()
+        builds.append((published.parent / ".tunecell-identity").read_text())
+    assert builds[0] != builds[1]  # the stamp names the run that built the entry
+
+
+def test_a_run_says_which_folders_in_output_dir_an_earlier_run_left(main):
+    config = variant(main, "out-earlier")
+    assert run(config)[0].status == "succeeded"  # cache hits: model/ and adapter/
+    config["passes"] = {"mb": config["passes"]["mb"]}  # no LoRA pass: no adapter
+    result, _ = run(config)
+    out = main.root / "out-earlier"
+    assert result.status == "succeeded" and set(result.artifacts) == {"mb", "model"}
+    warning = next(line for line in result.logs if "from an earlier run" in line)
+    assert warning.startswith(f"warning: output_dir {out} also holds adapter/ from an earlier run, not this one")
+    assert (out / "adapter" / "adapter_config.json").is_file()  # left: with clean_cache it may be the only copy
+
+
+def test_weights_are_published_as_read_only_links_and_the_files_users_edit_as_copies(main, monkeypatch):
+    from tunecell.runner import output_dir
+
+    monkeypatch.setattr(output_dir, "LINKED_FROM", 64 << 10)  # the tiny model's weights are small
+    config = variant(main, "out-links")
+    result, _ = run(config)
+    published, built = main.root / "out-links" / "model", Path(result.artifacts["mb"]) / "artifact"
+    for path in built.iterdir():
+        copy = published / path.name
+        linked = path.stat().st_size >= output_dir.LINKED_FROM
+        assert os.path.samefile(copy, path) == linked, path.name
+        assert (copy.stat().st_mode & 0o222 == 0) == linked, path.name  # no write bit on a shared file
+    assert os.path.samefile(published / "model.onnx.data", built / "model.onnx.data")
+    # a common edit of the published model leaves the cache entry, which the next run publishes, as built
+    genai = json.loads((published / "genai_config.json").read_text())
+    genai["search"]["max_length"] = 7
+    (published / "genai_config.json").write_text(json.dumps(genai))
+    assert json.loads((built / "genai_config.json").read_text())["search"]["max_length"] != 7
+    assert not [p.name for p in published.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def test_metrics_are_measured_again_when_the_scoring_or_the_measuring_packages_change(monkeypatch):
@@ -444,3 +477,22 @@ def test_the_metrics_key_follows_what_changes_values_and_ignores_goals(tmp_path)
     other = evaluation_config(tmp_path, passes={"lora": passes["lora"], "merge": passes["merge"],
                                                "lora2": changed, "merge2": passes["merge"]})
     assert key(two_loras) != key(other)
+
+
+def test_two_runs_publishing_the_same_folder_at_once_both_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tunecell.runner.output_dir import IDENTITY, link_tree
+
+    sources = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(name * 1000)
+        sources.append(tmp_path / name)
+    target = tmp_path / "out" / "model"
+    for _ in range(5):  # the temp folders were named by process: two threads of one kernel shared one
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda s: link_tree(s, target, s.name), sources))
+        assert (target / IDENTITY).read_text() in ("a", "b")
+        assert (target / "config.json").read_text() == (target / IDENTITY).read_text() * 1000
+        assert [p.name for p in target.parent.iterdir()] == ["model"]

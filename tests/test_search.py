@@ -198,3 +198,12 @@ def test_search_space_round_trips_through_export(tmp_path):
     export_config(methods, tmp_path / "methods.json")
     assert json.loads((tmp_path / "methods.json").read_text())["passes"]["mb"]["int4_algo_config"]["support"] == \
         ["k_quant_mixed", "rtn"]
+
+
+def test_a_smaller_search_into_the_same_output_dir_names_the_folder_it_left(searched, tiny_model):
+    _, _, tmp = searched  # last in this module: it rewrites the search's manifest
+    text = SEARCH.format(model=tiny_model, data=DATA, tmp=tmp).replace("output_model_num: 2", "output_model_num: 1")
+    result = tunecell.run(text, progress="none")  # every pass and metric from the cache
+    assert result.status == "succeeded" and (tmp / "out" / "top-2").is_dir()
+    assert f"warning: output_dir {tmp / 'out'} also holds top-2/ from an earlier run, not this search" in \
+        "\n".join(result.logs)

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -48,9 +49,7 @@ def write(run: "LocalRun", result: "RunResult") -> Path:
     if not _published_its_model(data):
         # keep the record of the run whose model/ and adapter/ are still there
         data["published"] = _published(path)
-    tmp = out / f".manifest.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    _write_json(path, data)
     return path
 
 
@@ -91,7 +90,7 @@ def _git_sha(base_dir: Optional[str]) -> Optional[str]:
 def publish_search(config, result: "RunResult") -> None:
     """A search's output_dir: the best model in model/, the top N (output_model_num) in top-<rank>/, and a
     manifest listing every candidate."""
-    from .output_dir import link_tree
+    from .output_dir import earlier_outputs, link_tree
 
     out = config.resolve(config.output_dir)
     ranked = sorted(result.candidates, key=lambda c: c["rank"])
@@ -102,11 +101,22 @@ def publish_search(config, result: "RunResult") -> None:
                   out / ("model" if c["rank"] == 1 else f"top-{c['rank']}"), f"candidate-{c['index']}")
     if published and published[0]["rank"] == 1:
         result.artifacts["model"] = str(out / "model")
+    earlier = earlier_outputs(out, {"model" if c["rank"] == 1 else f"top-{c['rank']}" for c in published})
+    if earlier:
+        result.logs.append(f"warning: output_dir {out} also holds {', '.join(f + '/' for f in earlier)} from an "
+                           "earlier run, not this search: remove them, or choose another output_dir")
     data = {"status": result.status, "best": result.best, "candidates": result.candidates,
             "search_strategy": config.search_strategy.model_dump(), "packages": package_versions(PACKAGES),
             "config": config.model_dump(mode="json", exclude_defaults=True)}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".manifest.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, out / "manifest.json")
+    _write_json(out / "manifest.json", data)
     result.manifest_path = out / "manifest.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Written whole or not at all; a temp name of its own, as two runs of one kernel may write at once."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, default=str))
+    os.chmod(tmp, 0o644)  # mkstemp made it private
+    os.replace(tmp, path)

@@ -3,14 +3,19 @@ and the manifest.json that tunecell published itself. Anything else in their pla
 so that a user's folder (an input model kept in output_dir/model, say) is never deleted."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
 from .manifest import read as read_manifest
 
 IDENTITY = ".tunecell-identity"  # in each published folder: the cache entry's identity and the run that built it
+LINKED_FROM = 16 << 20  # bytes: larger files (the weights) are published as hard links, smaller ones copied
 
 
 def is_published(name: str) -> bool:
@@ -44,21 +49,60 @@ def check_input(out: Path, model: Path) -> None:
                           hint="choose another output_dir for this run, or copy the model out of output_dir first")
 
 
+def earlier_outputs(out: Path, published: set[str]) -> list[str]:
+    """Folders an earlier run published in ``out`` that this one did not (a LoRA run's adapter/ under a run without
+    LoRA, a larger search's top-3/). They are left in place: with clean_cache they may be the only copy."""
+    if not out.is_dir():
+        return []
+    return sorted(f.name for f in out.iterdir()
+                  if f.is_dir() and is_published(f.name) and f.name not in published and (f / IDENTITY).is_file())
+
+
 def link_tree(source: Path, target: Path, identity: str) -> None:
-    """Publish ``source`` as ``target``: hard links (copies across file systems) in a temp folder, renamed into
-    place."""
+    """Publish ``source`` as ``target``, assembled in a temp folder and renamed into place. Weight files are hard
+    links into the cache (copies across file systems), read-only so that an edit in place cannot change the cache
+    entry behind them; the small files a user edits (configs, tokenizer, genai_config.json) are copies."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
-    (tmp / IDENTITY).write_text(identity)
-    if target.exists():
-        shutil.rmtree(target)
-    os.rename(tmp, target)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))  # unique: runs may overlap
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        shutil.copytree(source, tmp, copy_function=_publish_file, dirs_exist_ok=True)
+        (tmp / IDENTITY).write_text(identity)
+        tmp.chmod(0o755)  # mkdtemp made it private
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace(new: Path, target: Path) -> None:
+    """``new`` in ``target``'s place; the old folder is deleted only once the new one is there. Another run
+    publishing the same folder at the same time (two cells of one kernel) may replace it in between: the last
+    rename stays."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    try:
+        for attempt in range(100):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(target, aside / str(attempt))
+            try:
+                os.rename(new, target)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # not the other run's folder in the way
+                    moved = sorted(aside.iterdir(), key=lambda p: int(p.name))
+                    if moved and not target.exists():
+                        os.rename(moved[-1], target)
+                    raise
+        raise OSError(f"{target} was replaced by other runs 100 times while this run published it")
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _publish_file(src: str, dst: str) -> None:
+    if os.name == "posix" and os.path.getsize(src) >= LINKED_FROM:
+        try:
+            os.link(src, dst)
+            os.chmod(dst, os.stat(dst).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
