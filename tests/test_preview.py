@@ -300,3 +300,19 @@ def test_preview_splits_like_the_lora_pass(tmp_path, word_tokenizer):
     first_eval = min(w.explorer.eval_set)
     w.index = first_eval
     assert ">eval</span>" in w.sample_box.value
+
+
+def test_characters_split_over_byte_tokens_show_whole_and_numbered(tiny_model, tmp_path):
+    import transformers
+
+    path = write_jsonl(tmp_path / "r.jsonl", [{"phrase": "日本 🎉 party", "tone": "Joy"}])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)  # byte-level BPE: 日 is three tokens
+    shown = preview(data_config(str(path)), tokenizer, widget=False)
+    view = shown.explorer.sample(0)
+    texts = [t.text for t in view.tokens]
+    assert not any("\ufffd" in text for text in texts)
+    assert texts[texts.index("日₁"):texts.index("日₁") + 3] == ["日₁", "日₂", "日₃"]
+    assert "🎉₄" in "".join(texts)
+    assert len(texts) == view.n_tokens  # one chip per token still
+    from tunecell.widgets.render import tokens_text
+    assert " 日₁ 日₂ 日₃ 本₁ " in tokens_text(view.tokens)  # the text fallback (no masking here)

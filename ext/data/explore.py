@@ -409,10 +409,23 @@ def _special_ids(tokenizer: Any) -> set[int]:
 
 
 def _token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token's text. A character that byte-level tokens split (日, 🎉, é in some vocabularies) decodes to U+FFFD
+    one token at a time: each of its tokens shows the whole character, numbered (日₁ 日₂ 日₃)."""
     if not ids:
         return []
+    options = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
     try:
-        return list(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
-                                           clean_up_tokenization_spaces=False))
+        texts = list(tokenizer.batch_decode([[i] for i in ids], **options))
     except Exception:
         return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
+    k = 0
+    while k < len(ids):
+        if "\ufffd" in texts[k]:
+            for n in range(2, min(4, len(ids) - k) + 1):  # a character is at most 4 bytes of UTF-8
+                whole = tokenizer.decode(ids[k:k + n], **options)
+                if "\ufffd" not in whole:
+                    texts[k:k + n] = [whole + "₁₂₃₄"[i] for i in range(n)]
+                    k += n - 1
+                    break
+        k += 1
+    return texts
