@@ -496,3 +496,30 @@ def test_two_runs_publishing_the_same_folder_at_once_both_succeed(tmp_path):
         assert (target / IDENTITY).read_text() in ("a", "b")
         assert (target / "config.json").read_text() == (target / IDENTITY).read_text() * 1000
         assert [p.name for p in target.parent.iterdir()] == ["model"]
+
+
+def test_a_failure_while_publishing_fails_the_run_and_leaves_the_earlier_outputs_together(main, monkeypatch):
+    from tunecell.errors import PassFailed
+    from tunecell.runner import output_dir
+
+    config = variant(main, "out-full-disk")
+    first, _ = run(config)
+    out = main.root / "out-full-disk"
+    for name in ("model", "adapter"):  # as if another build were published there: both are published again
+        (out / name / output_dir.IDENTITY).write_text(f"earlier {name}")
+    publish_file = output_dir._publish_file
+
+    def full_disk(src: str, dst: str) -> None:
+        if "/.adapter.tmp-" in dst:
+            raise OSError(28, "No space left on device")
+        publish_file(src, dst)
+
+    monkeypatch.setattr(output_dir, "_publish_file", full_disk)
+    with pytest.raises(PassFailed, match="No space left on device") as failed:
+        run(config)
+    assert failed.value.result.status == "failed" and "model" not in failed.value.result.artifacts
+    assert [(out / n / output_dir.IDENTITY).read_text() for n in ("model", "adapter")] == \
+        ["earlier model", "earlier adapter"]  # neither replaced: the earlier run's folders stay together
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "manifest.json", "model"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["published"]["run_id"] == first.run_id

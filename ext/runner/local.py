@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -282,19 +283,31 @@ class LocalRun:
 
     # ----------------------------------------------------------------------------------------- outputs
     def _publish(self, final: Artifact, adapter: Optional[Artifact]) -> None:
-        """Place the final model (and the adapter) in output_dir, atomically, linking instead of copying."""
+        """Place the final model (and the adapter) in output_dir: both are staged before either replaces what an
+        earlier run left, so a failure (a full disk) leaves that run's folders together, and the run failed."""
         out = self.config.resolve(self.config.output_dir)
-        for name, artifact in (("model", final if self.plan.steps else None), ("adapter", adapter)):
-            if artifact is None:
-                continue
-            target = out / name
-            stamp = target / output_dir.IDENTITY
-            # the key and the run that built the entry: an entry rebuilt under the same key (a cleared cache, another
-            # tunecell) is published again
-            identity = f"{artifact.identity} built by {Entry(artifact.path.parent).record().get('run_id')}"
-            if not (stamp.is_file() and stamp.read_text() == identity):
-                output_dir.link_tree(artifact.path, target, identity)
-            self.artifacts[name] = str(target)
+        staged: list[tuple[str, Path, Path]] = []
+        try:
+            for name, artifact in (("model", final if self.plan.steps else None), ("adapter", adapter)):
+                if artifact is None:
+                    continue
+                target = out / name
+                stamp = target / output_dir.IDENTITY
+                # the key and the run that built the entry: an entry rebuilt under the same key (a cleared cache,
+                # another tunecell) is published again
+                identity = f"{artifact.identity} built by {Entry(artifact.path.parent).record().get('run_id')}"
+                if not (stamp.is_file() and stamp.read_text() == identity):
+                    staged.append((name, output_dir.stage(artifact.path, target, identity), target))
+                else:
+                    self.artifacts[name] = str(target)
+            while staged:
+                name, tmp, target = staged.pop(0)
+                output_dir.place(tmp, target)
+                self.artifacts[name] = str(target)
+        except OSError as e:
+            for _, tmp, _ in staged:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise PassFailed("publish", "output_dir", e) from e
         earlier = output_dir.earlier_outputs(out, {name for name in ("model", "adapter") if name in self.artifacts})
         if earlier:
             self.bus.log(f"output_dir {out} also holds {', '.join(f + '/' for f in earlier)} from an earlier run, not "

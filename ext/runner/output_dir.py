@@ -59,18 +59,31 @@ def earlier_outputs(out: Path, published: set[str]) -> list[str]:
 
 
 def link_tree(source: Path, target: Path, identity: str) -> None:
-    """Publish ``source`` as ``target``, assembled in a temp folder and renamed into place. Weight files are hard
-    links into the cache (copies across file systems), read-only so that an edit in place cannot change the cache
-    entry behind them; the small files a user edits (configs, tokenizer, genai_config.json) are copies."""
+    """Publish ``source`` as ``target``: ``stage``, then ``place``."""
+    place(stage(source, target, identity), target)
+
+
+def stage(source: Path, target: Path, identity: str) -> Path:
+    """A copy of ``source`` in a temp folder beside ``target``, ready to take its place. Weight files are hard links
+    into the cache (copies across file systems), read-only so that an edit in place cannot change the cache entry
+    behind them; the small files a user edits (configs, tokenizer, genai_config.json) are copies."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))  # unique: runs may overlap
     try:
         shutil.copytree(source, tmp, copy_function=_publish_file, dirs_exist_ok=True)
         (tmp / IDENTITY).write_text(identity)
         tmp.chmod(0o755)  # mkdtemp made it private
-        _replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def place(staged: Path, target: Path) -> None:
+    try:
+        _replace(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
         raise
 
 
