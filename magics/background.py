@@ -1,9 +1,13 @@
-"""A run on a worker thread: the cell returns at once; the handle reports status, waits, cancels."""
+"""A run on a worker thread: the cell returns at once; the handle reports status, keeps the log, waits, cancels."""
 from __future__ import annotations
 
 import threading
 import uuid
 from typing import Any, Callable, Optional
+
+from IPython.display import display
+
+from tunecell.events import Event, Log
 
 
 class BackgroundRun:
@@ -15,6 +19,10 @@ class BackgroundRun:
         self.result: Optional[Any] = None
         self.error: Optional[BaseException] = None
         self._stop = stop
+        self._log: list[str] = []  # the run's log lines so far, as RunResult.logs has them
+        self._displays: list[Any] = []  # where the handle is shown while running: updated with the summary at the end
+        self._display_lock = threading.Lock()
+        kwargs = {**kwargs, "subscribers": [*kwargs.get("subscribers", ()), self._keep_log]}
         self._thread = threading.Thread(target=self._main, args=(run, config, kwargs, on_done), name=self.id,
                                         daemon=True)
         self._thread.start()
@@ -27,6 +35,13 @@ class BackgroundRun:
             self.result = getattr(e, "result", None)
         self.status = self.result.status if self.result is not None else "failed"
         on_done(self)
+        with self._display_lock:
+            for shown in self._displays:
+                shown.update(self._bundle(), raw=True)
+
+    def _keep_log(self, event: Event) -> None:
+        if isinstance(event, Log):
+            self._log.append(f"{event.level}: {event.text}")
 
     @property
     def run_id(self) -> str:
@@ -34,8 +49,9 @@ class BackgroundRun:
 
     @property
     def logs(self) -> list[str]:
-        """The run's log, then the error that ended it (all there is of a run that failed before it started)."""
-        return (self.result.logs if self.result is not None else []) + ([f"error: {self.error}"] if self.error else [])
+        """The run's log (so far, while it runs), then the error that ended it."""
+        lines = self.result.logs if self.result is not None else list(self._log)
+        return lines + ([f"error: {self.error}"] if self.error else [])
 
     @property
     def done(self) -> bool:
@@ -56,5 +72,15 @@ class BackgroundRun:
     def __repr__(self) -> str:
         return repr(self.result) if self.result is not None else f"<tunecell background run {self.id}: {self.status}>"
 
-    def _repr_html_(self) -> Optional[str]:
-        return self.result._repr_html_() if self.result is not None else None
+    def _bundle(self) -> dict[str, str]:
+        if self.result is None:
+            return {"text/plain": repr(self)}
+        return {"text/plain": repr(self.result), "text/html": self.result._repr_html_()}
+
+    def _ipython_display_(self) -> None:
+        """The handle as its cell shows it, replaced by the run's summary when the run ends: the static output that a
+        saved notebook keeps (JupyterLab does not save the live view's widget state by default)."""
+        with self._display_lock:  # else the run could end between the display and its registration
+            shown = display(self._bundle(), raw=True, display_id=True)
+            if self.status == "running":
+                self._displays.append(shown)

@@ -688,6 +688,9 @@ def test_static_summary_text_plain_and_html(main_run: Any, ft: RunResult) -> Non
     text = summary["text/plain"]
     assert text.startswith(f"tunecell run {ft.run_id}: succeeded")
     assert re.search(r"lora\s+LoRA\s+done", text) and re.search(r"merge\s+MergeAdapterWeights\s+done", text)
+    training = rf"loss [\d.]+, {STEPS} steps, [\d,]+ tokens/s"  # the LoRA pass's final numbers
+    assert re.search(rf"lora\s+LoRA\s+done\s+[\d.]+ s  {training}$", text, re.M)
+    assert re.search(rf"<td>{training}</td>", summary["text/html"])
     assert re.search(r"metric\s+input\s+merge", text) and re.search(r"accuracy\s+\S+\s+\S+", text)
     assert re.search(r"size\s+[\d.]+\s+[\d.]+", text)
     assert f"config hash: {ft.config_hash[:16]}" in text and "model: " in text and "weights: local folder" in text
@@ -888,6 +891,35 @@ def test_tunecell_cancel_stops_a_background_run(ip: InteractiveShell, tiny_model
     assert out.strip() == f"cancelling {handle.id}: it stops at the next step"
     stopped = handle.wait(timeout=300)
     assert stopped.status == "interrupted" and handle.status == "interrupted"
+
+
+def test_a_background_run_logs_as_it_goes_and_its_output_becomes_the_summary(ip: InteractiveShell, tiny_model: Path,
+                                                                               paths) -> None:
+    body = workflow(tiny_model, paths["out"] / "bg-log", seed=10)
+    reached, resume = threading.Event(), threading.Event()
+
+    def pause() -> None:  # training waits at step 1 while the test looks at the run under way
+        reached.set()
+        resume.wait(120)
+
+    try:
+        with progress_mode(ip, "widgets"), on_display(ip, lambda box: View(box).at_step("lora", 1, pause)) as captured:
+            handle = ip.run_cell("%%finetune --background\n" + body).result
+            assert reached.wait(120) and handle.status == "running"
+            logs = run(ip, f"%tunecell logs {handle.id}")[1].stdout
+            resume.set()
+            done = handle.wait(timeout=300)
+    finally:
+        resume.set()
+    assert re.search(r"^info: lora: \d+ training samples", logs, re.M), logs  # the lines so far
+    assert handle.logs == done.logs  # then the result's
+
+    # the cell's output: the handle while it runs, updated in place with the summary that a saved notebook keeps
+    (shown, update) = [o for o in captured.outputs if o.transient.get("display_id")]
+    assert shown.data == {"text/plain": f"<tunecell background run {handle.id}: running>"} and not shown.update
+    assert update.update and update.transient == shown.transient
+    assert update.data == {"text/plain": repr(done), "text/html": done._repr_html_()}
+    assert done.status == "succeeded" and done.run_id in update.data["text/html"]
 
 
 # ============================================================================================= %config

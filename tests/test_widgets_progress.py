@@ -160,6 +160,26 @@ def test_eta_from_the_step_rate() -> None:
     assert "ETA 1:30" in info and "2000 tok/s" in info and "step 11/101" in info
 
 
+def test_header_elapsed_time_moves_with_the_steps_and_keeps_the_pass() -> None:
+    now = [1000.0]
+    progress = RunProgress(stop_event=threading.Event(), clock=lambda: now[0], step_interval=1.0)
+    progress(RunStarted("run-42", [["train", "LoRA"], ["merge", "MergeAdapterWeights"]], "h", "m"))
+    progress(PassStarted("train", "LoRA", 0, 2))
+    for step in range(1, 101):
+        now[0] += 30.0
+        progress(TrainStep("train", step, 100, 2.0 - step / 100, None, 500.0))
+    assert "pass 1/2: train" in progress.header.value and "elapsed 50:00" in progress.header.value
+
+    now[0] += 0.5  # within step_interval: the header is throttled with the rows
+    progress(TrainStep("train", 100, 100, 1.0, None, 500.0))
+    assert "elapsed 50:00" in progress.header.value
+
+    progress.cancel()
+    assert "cancelling" in progress.header.value and "pass 1/2: train" in progress.header.value
+    progress(RunFinished("interrupted", None, 3000.0))
+    assert "pass 1/2" not in progress.header.value and "3000.0 s" in progress.header.value
+
+
 def test_events_from_a_background_thread_are_applied() -> None:
     progress = RunProgress(stop_event=threading.Event())
     bus = EventBus((progress,))
@@ -235,6 +255,20 @@ def test_static_summary_bundle() -> None:
     assert set(bundle) == {"text/plain", "text/html"}
     assert bundle["text/plain"] == repr(result) and bundle["text/plain"].startswith("tunecell run run-42: succeeded")
     assert bundle["text/html"] == result._repr_html_()
+
+
+def test_static_summary_shows_the_training_numbers() -> None:
+    result = make_result()
+    assert "training" not in result._repr_html_() and "steps" not in repr(result)  # no pass with training stats
+    result.passes[0].stats = {"train_loss": 1.234567, "steps": 40, "tokens_per_s": 12345.6, "device": "cpu"}
+    result.passes.append(PassRecord("odd", "Plugin", "done", 1.0, stats={"steps": "<i>3</i>"}))
+    text, page = repr(result), result._repr_html_()
+    assert re.search(r"^  train\s+LoRA\s+done\s+12\.5 s  loss 1\.235, 40 steps, 12,346 tokens/s$", text, re.M)
+    assert re.search(r"^  merge\s+MergeAdapterWeights\s+cached\s+0\.1 s$", text, re.M)
+    assert "<th>time</th><th>training</th>" in page
+    assert "<td>12.5 s</td><td>loss 1.235, 40 steps, 12,346 tokens/s</td>" in page
+    assert "<td>0.1 s</td><td></td>" in page  # the merge has none
+    assert "<i>" not in page and "<td>&lt;i&gt;3&lt;/i&gt; steps</td>" in page
 
 
 def test_widget_displays_and_html_is_escaped() -> None:

@@ -3,8 +3,9 @@
 `RunProgress` consumes the runner's events (tunecell.events) and nothing else: it knows no Trainer, no torch. It
 may be called from a worker thread (a `--background` run, a Trainer callback), so it only ever sets widget traits
 (which ipykernel publishes from any thread) and never prints nor enters an `Output` context; its state is guarded
-by a lock. Training updates (bar, step text, loss curve) are throttled by time, with a trailing render so the view
-never stays behind the last step, and PassFinished / RunFinished always render the final state.
+by a lock. Training updates (bar, step text, the header's elapsed time, loss curve) are throttled by time, with a
+trailing render so the view never stays behind the last step, and PassFinished / RunFinished always render the final
+state.
 
 At the end, `finish(result)` adds the static summary to the live view (`fail(error)` the error of a run that ended
 without a result), and `static_summary(result)` gives the mimebundle (text/plain + text/html) the magic displays so
@@ -207,6 +208,7 @@ class RunProgress:
         self.status = "waiting"
         self.started_at: Optional[float] = None
         self.rows: dict[str, PassRow] = {}
+        self.current: Optional[PassStarted] = None  # the pass under way, for the header's "pass i/n"
         self.metrics: dict[str, dict[str, float]] = {}
         self.log_lines: list[tuple[str, str]] = []
         self.cancelled = False
@@ -292,7 +294,8 @@ class RunProgress:
         row = self._row(event.name, event.type)
         row.set_status("running")
         row.info.value = ""
-        self._render_header(current=event)
+        self.current = event
+        self._render_header()
 
     def _on_step(self, event: TrainStep) -> None:
         row = self._row(event.name)
@@ -328,6 +331,7 @@ class RunProgress:
             self._step_dirty.clear()
             self._last_step_render = now
             self.step_renders += 1
+            self._render_header()  # its elapsed time, which no other event moves during a long training pass
         if self._curve_dirty and (force or now - self._last_curve_render >= self.curve_interval):
             self._render_curve()
             self._last_curve_render = now
@@ -417,11 +421,11 @@ class RunProgress:
         self._render_header(duration_s=event.duration_s, manifest=event.manifest_path)
 
     # ------------------------------------------------------------------------------------------- render
-    def _header_html(self, current: Optional[PassStarted] = None, duration_s: Optional[float] = None,
-                     manifest: Optional[str] = None) -> str:
+    def _header_html(self, duration_s: Optional[float] = None, manifest: Optional[str] = None) -> str:
         run = html.escape(self.run_id) if self.run_id else "…"
         parts = [f"<b>tunecell run {run}</b>", _status_html(self.status)]
-        if current is not None and current.total:
+        current = self.current
+        if current is not None and current.total and not self.finished:
             parts.append(f"pass {current.index + 1}/{current.total}: {html.escape(current.name)}")
         if duration_s is not None:
             parts.append(f"{duration_s:.1f} s")

@@ -76,7 +76,9 @@ class RunResult:
         if self.error:
             lines.append(f"  error: {self.error}")
         for p in self.passes:
-            lines.append(f"  {p.name:<16} {p.type:<24} {p.status:<12} {p.duration_s:.1f} s")
+            training = _training(p.stats)
+            lines.append(f"  {p.name:<16} {p.type:<24} {p.status:<12} {p.duration_s:.1f} s" +
+                         (f"  {training}" if training else ""))
         header, rows = self.metric_table()
         if rows:
             widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
@@ -103,10 +105,13 @@ class RunResult:
                  f"<span style='color:{colour}'><b>{e(self.status)}</b></span> in {self.duration_s:.1f} s"]
         if self.error:
             parts.append(f"<pre style='color:#cf222e'>{e(self.error)}</pre>")
-        parts.append("<table><tr><th>pass</th><th>type</th><th>status</th><th>time</th></tr>")
+        trained = any(_training(p.stats) for p in self.passes)  # the column only where a pass has training stats
+        parts.append("<table><tr><th>pass</th><th>type</th><th>status</th><th>time</th>"
+                     + ("<th>training</th>" if trained else "") + "</tr>")
         for p in self.passes:
             parts.append(f"<tr><td>{e(p.name)}</td><td>{e(p.type)}</td><td>{e(p.status)}</td>"
-                         f"<td>{p.duration_s:.1f} s</td></tr>")
+                         f"<td>{p.duration_s:.1f} s</td>"
+                         + (f"<td>{e(_training(p.stats))}</td>" if trained else "") + "</tr>")
         parts.append("</table>")
         header, rows = self.metric_table()
         if rows:
@@ -129,6 +134,19 @@ def _fmt(value: Optional[float]) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _training(stats: dict[str, Any]) -> str:
+    """A training pass's final loss, steps and speed (what a LoRA pass records); "" for a pass without them."""
+    parts = []
+    if stats.get("train_loss") is not None:
+        parts.append(f"loss {_fmt(stats['train_loss'])}")
+    if stats.get("steps") is not None:
+        parts.append(f"{stats['steps']} steps")
+    rate = stats.get("tokens_per_s")
+    if rate is not None:
+        parts.append(f"{rate:,.0f} tokens/s" if isinstance(rate, (int, float)) else f"{rate} tokens/s")
+    return ", ".join(parts)
 
 
 def _candidates_html(candidates: list[dict[str, Any]], best: Optional[int]) -> str:
