@@ -324,7 +324,7 @@ class TuneCell(Magics):
 
             # Cancel only in the background: while the cell runs, the kernel handles the click only once it has ended
             view = RunProgress(stop_event=stop if args.background else None)
-            display(view.widget)
+            display(view)
             subscribers.append(view)
         text = mode == "text" and not args.background  # a thread's prints would land in whichever cell runs
         kwargs = dict(subscribers=subscribers, progress="text" if text else "none", stop=stop, start_from=start_from)
@@ -484,7 +484,7 @@ class TuneCell(Magics):
             from tunecell.widgets.progress import RunProgress
 
             view = RunProgress(on_cancel=value.cancel)
-            display(view.widget)
+            display(view)
             subscribers.append(view)
         result = value.follow(subscribers, progress="text" if mode == "text" else None)
         self._remember(result, None)

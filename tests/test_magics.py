@@ -684,6 +684,7 @@ def test_static_summary_text_plain_and_html(main_run: Any, ft: RunResult) -> Non
     _, captured = main_run
     kinds = ["widget" if WIDGET_MIME in o.data else "summary" for o in captured.outputs]
     assert kinds == ["widget", "summary"]  # the live view, then the summary that a saved notebook keeps
+    assert captured.outputs[0].data["text/plain"].startswith("tunecell run: live progress")  # not VBox(children=...
     (summary,) = displayed_summaries(captured)
     text = summary["text/plain"]
     assert text.startswith(f"tunecell run {ft.run_id}: succeeded")

@@ -279,6 +279,7 @@ def test_widget_displays_and_html_is_escaped() -> None:
     assert "<b>x</b>" not in progress.rows["<b>x</b>"].label.value
     bundle = progress._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("tunecell run: live progress")  # saved without widget state: no VBox(...)
 
 
 def test_loss_curve_svg_edge_cases() -> None:

@@ -243,7 +243,10 @@ class RunProgress:
 
     # ------------------------------------------------------------------------------------------- display
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        # what a saved notebook shows without the widget state (GitHub, nbconvert): not the widget's repr
+        data["text/plain"] = "tunecell run: live progress (the run's summary follows it)"
+        return data
 
     def __repr__(self) -> str:
         done = sum(r.status in ("done", "cached") for r in self.rows.values())
