@@ -379,7 +379,7 @@ class TuneCell(Magics):
     def _progress_mode(self) -> str:
         if self.progress != "auto":
             return self.progress
-        return "widgets" if "ipykernel" in sys.modules and type(self.shell).__name__ == "ZMQInteractiveShell" else "text"
+        return "widgets" if in_kernel(self.shell) else "text"
 
     def _remember(self, result: Any, name: Optional[str]) -> None:
         self.runs[result.run_id] = result
@@ -558,3 +558,8 @@ class TuneCell(Magics):
             elif value.config is not None:
                 folders.append(value.config.resolve(value.config.cache_dir))
         return list(dict.fromkeys(folders))
+
+
+def in_kernel(shell: Any) -> bool:
+    """A Jupyter kernel's shell, or a subclass of it (Colab's is named Shell), where widgets display."""
+    return "ipykernel" in sys.modules and any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__)

@@ -932,6 +932,12 @@ def test_config_lists_and_validates_the_traits(ip: InteractiveShell, paths) -> N
     assert magics(ip).progress == "none"  # refused: widgets | text | none | auto
     with progress_mode(ip, "auto"):
         assert magics(ip)._progress_mode() == "text"  # auto outside a kernel (no ZMQInteractiveShell): text
+    import ipykernel.zmqshell
+    from tunecell.magics.magic import in_kernel
+
+    class Shell(ipykernel.zmqshell.ZMQInteractiveShell):  # Colab's kernel shell: a subclass of another name
+        pass
+    assert in_kernel(Shell.__new__(Shell)) and not in_kernel(ip)
     for mode in ("widgets", "text", "none"):
         ip.run_line_magic("config", f"TuneCell.progress = {mode!r}")
         assert magics(ip).progress == magics(ip)._progress_mode() == mode
