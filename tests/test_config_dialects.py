@@ -127,6 +127,33 @@ def test_current_dialects_need_no_dialect_notes(name):
         assert not any(fragment in note for note in notes), (fragment, notes)
 
 
+def test_load_kwargs_torch_dtype_is_the_torch_dtype_of_the_lora_passes_that_give_none():
+    from tunecell import plan
+
+    text = EXAMPLE.replace("SmolLM2-135M-Instruct}", "SmolLM2-135M-Instruct, load_kwargs: {torch_dtype: bfloat16}}")
+    text = text.replace("  merge: {type: MergeAdapterWeights}\n",
+                        "  merge: {type: MergeAdapterWeights}\n"
+                        "  lora2: {type: LoRA, torch_dtype: float32, train_data_config: tones, eval_dataset_size: 0.2}\n"
+                        "  merge2: {type: MergeAdapterWeights}\n")
+    config = load_config(text)
+    assert (config.passes["lora"].torch_dtype, config.passes["lora2"].torch_dtype) == ("bfloat16", "float32")
+    assert plan(config).steps[0].settings["torch_dtype"] == "bfloat16"  # the pass's cache key
+    assert "input_model.load_kwargs: torch_dtype is now dtype" in config.notes
+    assert any(note.startswith("input_model.load_kwargs: dtype is the torch_dtype of the LoRA and QLoRA passes")
+               for note in config.notes)
+    again = load_config(config)  # written back without defaults, each pass keeps its own dtype
+    assert (again.passes["lora"].torch_dtype, again.passes["lora2"].torch_dtype) == ("bfloat16", "float32")
+
+
+def test_the_builder_s_former_int4_names_in_extra_options_are_its_current_ones():
+    config = load_config(EXAMPLE.replace("precision: int4}", "precision: int4, extra_options: "
+                                         "{int4_block_size: 128, int4_is_symmetric: false, int4_algo_config: rtn}}"))
+    builder = config.passes["mb"]
+    assert builder.extra_options == {"block_size": 128, "is_symmetric": False, "algo_config": "rtn"}
+    assert (builder.int4_option("block_size"), builder.int4_method) == (128, "rtn")  # what the estimate reads
+    assert "passes.mb.extra_options: int4_block_size is now block_size" in config.notes
+
+
 # ------------------------------------------------------------------------------------- tunecell validate
 def test_validate_prints_the_same_plan_for_every_dialect(capsys, tmp_path):
     """Each is an AzureML run: validate also builds its job offline, which sends the model from here."""
@@ -206,6 +233,8 @@ def test_validate_checks_what_a_run_reads_and_writes_here(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "example_notebooks" / "data" / "tones.jsonl") in err and "file not found" in err
+    assert "(data_configs[0] 'tones', load_dataset_config)" in err  # its place in the config
+    assert f"relative paths start at {tmp_path}" in err
     path.write_text(with_local_data(EXAMPLE), encoding="utf-8")
     (tmp_path / "models" / "tones" / "model").mkdir(parents=True)  # a folder the run would replace
     assert main(["validate", str(path)]) == 2

@@ -557,6 +557,7 @@ def test_missing_data_and_model_are_short_usage_errors(ip: InteractiveShell, tin
     body = workflow(tiny_model, paths["out"] / "err").replace("tones.jsonl", "no-such-file.jsonl")
     message = short_usage_error(*run(ip, "%%finetune", body))
     assert "no-such-file.jsonl: file not found" in message
+    assert "relative paths" not in message  # the path was absolute
     body = workflow(paths["root"] / "no-model", paths["out"] / "err")
     message = short_usage_error(*run(ip, "%%finetune", body))
     assert "no-model" in message and "was not found" in message

@@ -118,13 +118,14 @@ def base_path(base_dir: Optional[Union[str, Path]]) -> Path:
 
 def _expand(pattern: str, base: Path) -> list[Path]:
     path = Path(os.path.expanduser(pattern))
-    if not path.is_absolute():
+    relative = not path.is_absolute()
+    if relative:
         path = base / path
+    hint = f"relative paths start at {base}" if relative else "check the path"
     if _GLOB_CHARS.search(pattern):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not matches:
-            raise DataError(f"no file matches {pattern!r}", file=str(path),
-                            hint=f"relative paths are resolved against {base}")
+            raise DataError(f"no file matches {pattern!r}", file=str(path), hint=hint)
         return matches
     if path.is_dir():
         inside = _data_files_in(path)
@@ -132,7 +133,7 @@ def _expand(pattern: str, base: Path) -> list[Path]:
             raise DataError("folder holds no .jsonl/.json/.csv/.parquet/.txt file", file=str(path))
         return inside
     if not path.is_file():
-        raise DataError("file not found", file=str(path), hint=f"relative paths are resolved against {base}")
+        raise DataError("file not found", file=str(path), hint=hint)
     return [path]
 
 
@@ -187,7 +188,7 @@ def resolve_source(data_config: DataConfig, base_dir: Optional[Union[str, Path]]
         files = _split_files(local, split_name)
         return Source("files", split_name, format=_format_of(files, name), files=files, slice=sl)
     if name.startswith((".", "/", "~")) or os.sep in name and not re.match(r"^[\w.\-]+/[\w.\-]+$", name):
-        raise DataError("file not found", file=str(local), hint=f"relative paths are resolved against {base}")
+        raise DataError("file not found", file=str(local), hint=f"relative paths start at {base}")
     return Source("hub", split_name, name=name, slice=sl)
 
 

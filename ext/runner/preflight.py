@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..config import schema
 from ..data.files import resolve_source
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from . import output_dir
 
 
@@ -25,5 +25,9 @@ def check(config: schema.WorkflowConfig, *, remote: bool) -> None:
                               path=("azureml_client", "aml_config_path"),
                               hint="the config.json downloaded from the workspace's page in the Azure portal")
         return
-    for data in config.data_configs:
-        resolve_source(data, config.base_dir)  # DataError: a file that is not there, a glob matching nothing
+    for index, data in enumerate(config.data_configs):
+        try:
+            resolve_source(data, config.base_dir)  # a file that is not there, a glob matching nothing
+        except DataError as e:  # named by its place in the config too
+            raise DataError(f"{e.message} (data_configs[{index}] {data.name!r}, load_dataset_config)", file=e.file,
+                            row=e.row, column=e.column, hint=e.hint) from None
