@@ -377,11 +377,15 @@ def shape_of(config: schema.WorkflowConfig, lora: schema.LoRA, skel: Optional[Sk
             targets = sorted({l.leaf for l in lora_targets(skel, lora.target_modules, lora.modules_to_save)})
         except TunecellError:
             pass
-    return {"type": lora.type, "dtype": lora.torch_dtype,
-            "quant": f"{lora.quant_type}/{lora.compute_dtype}" if isinstance(lora, schema.QLoRA) else None,
-            "r": lora.r, "targets": targets, "batch": args.per_device_train_batch_size,
-            "max_seq_len": pre.max_seq_len, "strategy": pre.strategy, "pad_to_max_len": pre.pad_to_max_len,
-            "gradient_checkpointing": args.gradient_checkpointing}
+    shape = {"type": lora.type, "dtype": lora.torch_dtype,
+             "quant": f"{lora.quant_type}/{lora.compute_dtype}" if isinstance(lora, schema.QLoRA) else None,
+             "r": lora.r, "targets": targets, "batch": args.per_device_train_batch_size,
+             "max_seq_len": pre.max_seq_len, "strategy": pre.strategy, "pad_to_max_len": pre.pad_to_max_len,
+             "gradient_checkpointing": args.gradient_checkpointing}
+    attention = config.input_model.load_kwargs.attn_implementation
+    if attention:  # only when set: the calibrations stored before it keep their keys
+        shape["attn_implementation"] = attention
+    return shape
 
 
 def _shape_key(shape: dict[str, Any]) -> str:
@@ -836,7 +840,7 @@ def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *,
     seqs, _ = training_sequences(config, lora, tok)
     dataset = to_dataset(seqs, config.data_config(lora.train_data_config).pre_process_data_config)
     transformers.set_seed(lora.training_args.seed)
-    model = with_adapter(_load_base(resolved.path, lora), lora)
+    model = with_adapter(_load_base(resolved.path, lora, config.input_model.load_kwargs.attn_implementation), lora)
     marks: list[tuple[float, int]] = []  # (time, tokens so far) at the start and at each step's end
 
     class Clock(TrainerCallback):

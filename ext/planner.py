@@ -54,6 +54,10 @@ def plan(config: schema.WorkflowConfig, only: Optional[set[str]] = None) -> Plan
         settings = p.model_dump(exclude={"type"}, mode="json")
         if isinstance(p, schema.ModelBuilder):
             settings["execution_provider"] = config.execution_provider
+            if p.precision != "int4":  # the int4 options change no other precision's model: not in its key
+                settings = {key: value for key, value in settings.items() if not key.startswith("int4_")}
+        if isinstance(p, schema.LoRA) and config.input_model.load_kwargs.attn_implementation:
+            settings["attn_implementation"] = config.input_model.load_kwargs.attn_implementation  # trained with it
         if only is None or name in only:
             steps.append(Step(name, p.type, settings, previous, "|".join(sorted(takes)), gives))
         previous = name

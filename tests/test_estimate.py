@@ -243,6 +243,16 @@ def test_measured_runs_drive_the_time_estimate(tiny_model, tmp_path, tokenizer):
     assert stored["machine"] == E.machine() and len(stored["shapes"]) == 1
 
 
+def test_a_rate_measured_with_another_attn_implementation_is_only_the_nearest_shape(tiny_model, tmp_path, tokenizer):
+    eager = config(tiny_model, tmp_path, steps=20)
+    eager.input_model.load_kwargs.attn_implementation = "eager"  # the LoRA pass trains with it
+    E.record_run(SimpleNamespace(run_id="r", config=eager, passes=[SimpleNamespace(
+        name="lora", type="LoRA", status="done", stats={"train_runtime_s": 6.0, "tokens": 3000})]))
+    assert "measured" in E.estimate(eager, tokenizer=tokenizer, learn=False).time_source
+    default = E.estimate(config(tiny_model, tmp_path, steps=20), tokenizer=tokenizer, learn=False)
+    assert "nearest shape" in default.time_source
+
+
 def test_calibrate_runs_real_steps_and_is_cached(tiny_model, tmp_path, tokenizer):
     cfg = config(tiny_model, tmp_path, max_seq_len=32, batch=2, steps=10)
     cal = E.calibrate(cfg, steps=2, warmup=1)

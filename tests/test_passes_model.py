@@ -479,6 +479,22 @@ def test_the_builder_s_own_int4_names_in_extra_options_win_over_the_int4_fields(
     assert sizes == {128}
 
 
+def test_the_builder_s_former_int4_names_in_extra_options_take_effect(merged, tmp_path):
+    """onnxruntime-genai 0.18 reads extra_options' int4_block_size no more (the model had block size 32)."""
+    import onnx
+
+    import tunecell
+
+    result = tunecell.run({"input_model": {"model_path": str(merged)},
+                           "passes": {"mb": {"type": "ModelBuilder", "precision": "int4", "int4_algo_config": "rtn",
+                                             "extra_options": {"int4_block_size": 128}}},
+                           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}, progress="none")
+    graph = onnx.load(str(tmp_path / "out" / "model" / "model.onnx"), load_external_data=False).graph
+    sizes = {next(a.i for a in node.attribute if a.name == "block_size")
+             for node in graph.node if node.op_type == "MatMulNBits"}
+    assert result.status == "succeeded" and sizes == {128}
+
+
 def test_default_int4_keeps_the_lm_head_and_some_layers_in_int8_as_the_estimate_says(merged, tmp_path):
     import onnx
 

@@ -21,6 +21,11 @@ RENAMED_KEYS: dict[str, dict[str, str]] = {
     "training_args": {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps"},
     "search_strategy": {"search_algorithm": "sampler"},
     "load_kwargs": {"torch_dtype": "dtype"},
+    # the model builder's former names of its int4 options, which onnxruntime-genai 0.18 reads no more
+    "extra_options": {"int4_block_size": "block_size", "int4_accuracy_level": "accuracy_level",
+                      "int4_is_symmetric": "is_symmetric", "int4_algo_config": "algo_config",
+                      "int4_op_types_to_quantize": "op_types_to_quantize",
+                      "int4_nodes_to_exclude": "nodes_to_exclude"},
 }
 RENAMED_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
     ("search_strategy", "sampler"): {"exhaustive": "sequential", "random": "random"},
@@ -181,6 +186,10 @@ def _input_model(raw: LocatedDict, notes: Notes) -> None:
     if isinstance(model.get("load_kwargs"), dict):
         _rename_all(model["load_kwargs"], "load_kwargs", "input_model.load_kwargs", notes,
                     ("input_model", "load_kwargs"))
+        if "dtype" in model["load_kwargs"]:  # schema.WorkflowConfig hands it on
+            notes.add("dtype is the torch_dtype of the LoRA and QLoRA passes that give none: tunecell loads the "
+                      "model in a chosen dtype only to train it (it merges and evaluates in float32)",
+                      "input_model.load_kwargs")
     if isinstance(model.get("model_path"), dict):
         _unnest(model["model_path"], "config", ("input_model", "model_path"))
 
@@ -267,6 +276,10 @@ def _passes(raw: LocatedDict, notes: Notes) -> None:
             _rename_all(p["training_args"], "training_args", f"{where}.training_args", notes,
                         path + ("training_args",))
             _group_by_length(p["training_args"], f"{where}.training_args", notes, path + ("training_args",))
+        # (a pass without a type is laid over a base config's pass)
+        if p.get("type") in ("ModelBuilder", None) and isinstance(p.get("extra_options"), dict):
+            _rename_all(p["extra_options"], "extra_options", f"{where}.extra_options", notes,
+                        path + ("extra_options",))
         if p.get("type") == "LoRA" and any(k in p for k in QLORA_ONLY_KEYS):
             p["type"] = "QLoRA"
             given = ", ".join(k for k in QLORA_ONLY_KEYS if k in p)

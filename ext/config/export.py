@@ -85,9 +85,6 @@ def olive_dict(config: schema.WorkflowConfig, folder: Path) -> tuple[dict[str, A
     if data["input_model"].pop("gguf_file", None) is not None:  # Olive's HfModel would fail on the key
         notes.append("input_model.gguf_file left out: Olive 0.13 loads no GGUF file (point model_path at an HF "
                      "folder: tunecell's converted copy is under its cache_dir/models)")
-    load_kwargs = data["input_model"].get("load_kwargs", {})
-    if "dtype" in load_kwargs:
-        load_kwargs["torch_dtype"] = load_kwargs.pop("dtype")
     for name, p in config.passes.items():
         out = data["passes"][name]
         if isinstance(p, schema.LoRA):

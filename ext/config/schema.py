@@ -75,11 +75,14 @@ def _resource_or_plain(value: Any) -> str:
     return "Plain"
 
 
+TorchDtype = Literal["float32", "bfloat16", "float16"]
+
+
 class LoadKwargs(Model):
     trust_remote_code: bool = False
     revision: Optional[str] = None
-    attn_implementation: Optional[str] = None
-    dtype: Optional[str] = None
+    attn_implementation: Optional[str] = None  # the LoRA passes load the model with it (a key of theirs)
+    dtype: Optional[TorchDtype] = None  # the torch_dtype of the LoRA passes that give none (WorkflowConfig)
 
 
 class InputModel(Model):
@@ -207,7 +210,7 @@ class LoRA(Model):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Optional[Union[list[str], Literal["all-linear"]]] = None
     modules_to_save: Optional[list[str]] = None
-    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    torch_dtype: TorchDtype = "float32"
     train_data_config: str
     eval_data_config: Optional[str] = None
     eval_dataset_size: Optional[float] = Field(None, gt=0)
@@ -225,7 +228,7 @@ class QLoRA(LoRA):
     type: Literal["QLoRA"] = "QLoRA"  # type: ignore[assignment]
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = False
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    compute_dtype: TorchDtype = "float32"
 
 
 class MergeAdapterWeights(Model):
@@ -245,7 +248,8 @@ class ModelBuilder(Model):
     # on average over four trainings), k_quant_mixed 0.25 on average (at most 2), for 28% more bytes than k_quant
     # and 5% slower decoding (bench/README.md, rows 5 and 7). k_quant's search costs build time: about 20 s against
     # rtn's 10 on the demo. The *_last and *_mixed names are the builder's own. The builder's names in extra_options
-    # (algo_config, block_size, accuracy_level, is_symmetric) win over the int4_* fields.
+    # (algo_config, block_size, accuracy_level, is_symmetric; its former int4_* names there are renamed to these
+    # by the dialects) win over the int4_* fields.
     int4_algo_config: Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed"] = \
         "k_quant_mixed"
     extra_options: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
@@ -406,6 +410,21 @@ class WorkflowConfig(Model):
         if v in CACHE_DIR_SHARED:
             raise ValueError(f"{v!r} is cache_dir's own folder for all workflows: choose another name")
         return v
+
+    @model_validator(mode="after")
+    def _load_dtype_to_passes(self) -> "WorkflowConfig":
+        """Olive loads the input model in load_kwargs' dtype; tunecell loads it in a chosen dtype only to train
+        it (it merges and evaluates in float32). So load_kwargs.dtype is the torch_dtype of each LoRA pass that
+        gives none, and is then cleared: a config written back without its defaults (export.minimal_dict) would
+        otherwise hand it to a pass that chose torch_dtype: float32."""
+        dtype = self.input_model.load_kwargs.dtype
+        if dtype is None:
+            return self
+        for p in self.passes.values():
+            if isinstance(p, LoRA) and "torch_dtype" not in p.model_fields_set:
+                p.__dict__["torch_dtype"] = dtype
+        self.input_model.load_kwargs.__dict__["dtype"] = None
+        return self
 
     @property
     def notes(self) -> list[str]:

@@ -29,7 +29,7 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
     tokenizer = transformers.AutoTokenizer.from_pretrained(source.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = _load_base(source.path, cfg)
+    model = _load_base(source.path, cfg, ctx.config.input_model.load_kwargs.attn_implementation)
     _check_target_modules(model, cfg, ctx.name)
     model = with_adapter(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -150,11 +150,16 @@ def last_checkpoint(work_dir: Path) -> Optional[Path]:
     return checkpoints[-1] if checkpoints else None
 
 
+def linear_modules(model: Any) -> list[str]:
+    """Full names of the linear layers LoRA can target (lm_head left out)."""
+    return [name for name, module in model.named_modules()
+            if type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt")
+            and name.rsplit(".", 1)[-1] != "lm_head"]
+
+
 def linear_module_names(model: Any) -> list[str]:
     """Leaf names of the linear layers LoRA can target (lm_head left out)."""
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt")}
-    return sorted(names - {"lm_head"})
+    return sorted({name.rsplit(".", 1)[-1] for name in linear_modules(model)})
 
 
 def training_device(model: Any) -> str:
@@ -168,11 +173,12 @@ def training_device(model: Any) -> str:
 def _check_target_modules(model: Any, cfg: schema.LoRA, pass_name: str) -> None:
     if not isinstance(cfg.target_modules, list):
         return
-    available = linear_module_names(model)
-    missing = [m for m in cfg.target_modules if m not in available]
+    names = linear_modules(model)
+    # peft's rule: a key names each module whose full name is the key or ends with "." + key (self_attn.o_proj)
+    missing = [m for m in cfg.target_modules if not any(n == m or n.endswith("." + m) for n in names)]
     if missing:
         raise ConfigError(f"this model has no modules named {', '.join(missing)}; its linear modules are: "
-                          f"{', '.join(available)}", path=("passes", pass_name, "target_modules"),
+                          f"{', '.join(linear_module_names(model))}", path=("passes", pass_name, "target_modules"),
                           hint="pick from that list, or write target_modules: all-linear")
 
 
@@ -190,13 +196,16 @@ def with_adapter(base: Any, cfg: schema.LoRA) -> Any:
     return model
 
 
-def _load_base(path: Path, cfg: schema.LoRA) -> Any:
+def _load_base(path: Path, cfg: schema.LoRA, attn_implementation: Optional[str]) -> Any:
+    """The model to train, in the pass's torch_dtype, with the input model's attn_implementation (None: the
+    model's default)."""
     import torch
     import transformers
 
     dtype = getattr(torch, cfg.torch_dtype)
     if not isinstance(cfg, schema.QLoRA):
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                                  attn_implementation=attn_implementation)
         return model.to("cuda") if torch.cuda.is_available() else model
     from peft import prepare_model_for_kbit_training
 
@@ -205,7 +214,8 @@ def _load_base(path: Path, cfg: schema.LoRA) -> Any:
         bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype))
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quantization, device_map={"": device}, dtype=dtype)
+        path, quantization_config=quantization, device_map={"": device}, dtype=dtype,
+        attn_implementation=attn_implementation)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training_args.gradient_checkpointing)
 
 
