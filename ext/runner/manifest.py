@@ -108,6 +108,8 @@ def publish_search(config, result: "RunResult") -> None:
     data = {"status": result.status, "best": result.best, "candidates": result.candidates,
             "search_strategy": config.search_strategy.model_dump(), "packages": package_versions(PACKAGES),
             "config": config.model_dump(mode="json", exclude_defaults=True)}
+    if not (published and published[0]["rank"] == 1):
+        data["published"] = _published(out / "manifest.json")  # the run whose model/ is still there
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "manifest.json", data)
     result.manifest_path = out / "manifest.json"

@@ -51,7 +51,7 @@ def run_search(config: schema.WorkflowConfig, bus: EventBus, stop: threading.Eve
     ordered = sorted(tried, key=lambda e: rank_key(e, evaluator))
     for rank, entry in enumerate(ordered, 1):
         entry["rank"] = rank
-    best = ordered[0] if ordered else None
+    best = ordered[0] if ordered and _ran(ordered[0]) else None
     status = "interrupted" if stop.is_set() or interrupted else \
         "succeeded" if best and best["goals_met"] and best["status"] == "succeeded" else "failed"
     return _summary(config, tried, best, status, time.perf_counter() - started)
@@ -106,10 +106,13 @@ def _entry(index: int, options: Options, result: Optional[RunResult], config: sc
             "failed_goals": failed, "published": bool(result and "model" in result.artifacts), "result": result}
 
 
+def _ran(entry: dict[str, Any]) -> bool:
+    return entry["status"] == "succeeded" or bool(entry["metrics"])
+
+
 def rank_key(entry: dict[str, Any], evaluator: schema.Evaluator) -> tuple:
     """Candidates that ran and met every goal first; then by each metric in priority order (best first)."""
-    ran = entry["status"] == "succeeded" or bool(entry["metrics"])
-    key: list[Any] = [not ran, not entry["goals_met"]]
+    key: list[Any] = [not _ran(entry), not entry["goals_met"]]
     for metric in sorted(evaluator.metrics, key=lambda m: m.priority):
         value = entry["metrics"].get(metric.name)
         key.append(float("inf") if value is None else (-value if metric.higher_is_better else value))
