@@ -840,7 +840,7 @@ def calibrate(config: schema.WorkflowConfig, pass_name: Optional[str] = None, *,
     seqs, _ = training_sequences(config, lora, tok)
     dataset = to_dataset(seqs, config.data_config(lora.train_data_config).pre_process_data_config)
     transformers.set_seed(lora.training_args.seed)
-    model = with_adapter(_load_base(resolved.path, lora, config.input_model.load_kwargs.attn_implementation), lora)
+    model = with_adapter(_load_base(resolved.path, lora, config.input_model.load_kwargs), lora)
     marks: list[tuple[float, int]] = []  # (time, tokens so far) at the start and at each step's end
 
     class Clock(TrainerCallback):

@@ -685,3 +685,38 @@ def test_speed_and_size_metrics(merged, onnx_models):
         assert evaluate.size_on_disk_mb(folder) > 0
     merged_mb = evaluate.size_on_disk_mb(merged)
     assert merged_mb == pytest.approx((merged / "model.safetensors").stat().st_size / 1e6)
+
+
+def test_a_model_with_its_own_code_trains_and_merges_when_load_kwargs_trust_it(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    import tunecell
+    from tunecell.errors import PassFailed
+
+    model = tmp_path / "remote-model"  # the tiny Phi-3 as a model type transformers does not know: code of its own
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="tinyremote", auto_map={
+        "AutoConfig": "configuration_tinyremote.TinyRemoteConfig",
+        "AutoModelForCausalLM": "modeling_tinyremote.TinyRemoteForCausalLM"})
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "configuration_tinyremote.py").write_text(
+        "from transformers import Phi3Config\n\n\nclass TinyRemoteConfig(Phi3Config):\n    model_type = 'tinyremote'\n")
+    (model / "modeling_tinyremote.py").write_text(
+        "from transformers import Phi3ForCausalLM\n\nfrom .configuration_tinyremote import TinyRemoteConfig\n\n\n"
+        "class TinyRemoteForCausalLM(Phi3ForCausalLM):\n    config_class = TinyRemoteConfig\n")
+    tones = Path(__file__).resolve().parents[1] / "example_notebooks" / "data" / "tones.jsonl"
+
+    def workflow(trust: bool) -> dict:
+        data = {"name": "tones", "load_dataset_config": {"data_name": "json", "data_files": str(tones)},
+                "pre_process_data_config": {"text_template": "{phrase}\n{tone}", "max_seq_len": 32}}
+        lora = {"type": "LoRA", "r": 4, "target_modules": ["qkv_proj"], "train_data_config": "tones",
+                "training_args": {"max_steps": 2, "per_device_train_batch_size": 4}}
+        return {"input_model": {"model_path": str(model), "load_kwargs": {"trust_remote_code": trust}},
+                "data_configs": [data], "passes": {"lora": lora, "merge": {"type": "MergeAdapterWeights"}},
+                "cache_dir": str(tmp_path / f"cache-{trust}"), "output_dir": str(tmp_path / f"out-{trust}")}
+
+    assert tunecell.run(workflow(True), progress="none").status == "succeeded"
+    with pytest.raises(PassFailed, match="custom code"):  # not trusted: transformers refuses, and says why
+        tunecell.run(workflow(False), progress="none")

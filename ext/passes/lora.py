@@ -26,10 +26,11 @@ def train(source: Artifact, cfg: schema.LoRA, ctx: PassContext) -> dict[str, Any
 
     seed = cfg.training_args.seed
     transformers.set_seed(seed)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.path)
+    load_kwargs = ctx.config.input_model.load_kwargs
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.path, trust_remote_code=load_kwargs.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = _load_base(source.path, cfg, ctx.config.input_model.load_kwargs.attn_implementation)
+    model = _load_base(source.path, cfg, load_kwargs)
     _check_target_modules(model, cfg, ctx.name)
     model = with_adapter(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -196,16 +197,17 @@ def with_adapter(base: Any, cfg: schema.LoRA) -> Any:
     return model
 
 
-def _load_base(path: Path, cfg: schema.LoRA, attn_implementation: Optional[str]) -> Any:
+def _load_base(path: Path, cfg: schema.LoRA, load_kwargs: schema.LoadKwargs) -> Any:
     """The model to train, in the pass's torch_dtype, with the input model's attn_implementation (None: the
-    model's default)."""
+    model's default) and trust_remote_code."""
     import torch
     import transformers
 
     dtype = getattr(torch, cfg.torch_dtype)
+    options = {"attn_implementation": load_kwargs.attn_implementation,
+               "trust_remote_code": load_kwargs.trust_remote_code}
     if not isinstance(cfg, schema.QLoRA):
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                                  attn_implementation=attn_implementation)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
         return model.to("cuda") if torch.cuda.is_available() else model
     from peft import prepare_model_for_kbit_training
 
@@ -214,8 +216,7 @@ def _load_base(path: Path, cfg: schema.LoRA, attn_implementation: Optional[str])
         bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype))
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quantization, device_map={"": device}, dtype=dtype,
-        attn_implementation=attn_implementation)
+        path, quantization_config=quantization, device_map={"": device}, dtype=dtype, **options)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training_args.gradient_checkpointing)
 
 
