@@ -1,8 +1,9 @@
-"""A pass that fails stops the run and says why; the cache never takes a half-built folder for a finished one, and a
-change in the data's content retrains."""
+"""A pass that fails stops the run and says why; the cache never takes a half-built folder for a finished one; a
+change in the data's content or in how the input model loads retrains, one that makes the same model does not."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,19 @@ def test_missing_target_module_fails_the_lora_pass_and_lists_the_modules(tiny_mo
     assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / "adapter").exists()
 
 
+def test_a_target_module_named_with_its_parent_trains_as_peft_matches_it(tiny_model, tmp_path):
+    """peft matches a target_modules key against the end of the full module name (self_attn.o_proj)."""
+    from safetensors import safe_open
+
+    result, _ = run(config(tiny_model, tmp_path, {"lora": lora(max_steps=1, target_modules=["self_attn.o_proj"])}))
+    assert result.status == "succeeded"
+    with safe_open(str(Path(result.artifacts["lora"]) / "artifact" / "adapter_model.safetensors"), "pt") as f:
+        adapted = {re.sub(r"\.lora_[AB]\.weight$", "", key).split("layers.")[1] for key in f.keys()}
+    assert adapted == {f"{layer}.self_attn.o_proj" for layer in range(4)}  # the tiny model's 4 layers
+    with pytest.raises(PassFailed, match="no modules named mlp.o_proj"):  # a name no module ends with still fails
+        run(config(tiny_model, tmp_path, {"lora": lora(max_steps=1, target_modules=["mlp.o_proj"])}))
+
+
 def test_partial_folder_of_a_crashed_build_is_rebuilt(tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "int4"}})
     first, _ = run(cfg)
@@ -130,6 +144,48 @@ def test_changing_the_data_content_retrains(tiny_model, tmp_path):
     assert changed.manifest["data_hashes"]["tones"] != first_hash
     assert Path(changed.artifacts["lora"]) != Path(first.artifacts["lora"])
     assert len(complete_entries(tmp_path / "cache", "lora")) == 2
+
+
+def test_the_lora_pass_loads_the_model_as_input_model_load_kwargs_say_and_trains_again_when_they_change(
+        tiny_model, tmp_path, monkeypatch):
+    import torch
+    import transformers
+
+    loads: list[dict] = []
+    from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
+
+    def recorded(path, *args, **kwargs):
+        loads.append(kwargs)
+        return from_pretrained(path, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recorded)
+    cfg = config(tiny_model, tmp_path, {"lora": lora(max_steps=1)})
+    cfg["input_model"]["load_kwargs"] = {"torch_dtype": "bfloat16", "attn_implementation": "eager"}  # Olive's name
+    result, _ = run(cfg)
+    assert result.status == "succeeded"
+    assert [(k["dtype"], k["attn_implementation"]) for k in loads] == [(torch.bfloat16, "eager")]
+
+    cfg["input_model"]["load_kwargs"]["attn_implementation"] = "sdpa"
+    again, events = run(cfg)
+    assert [(e.name, e.cache_hit) for e in events if isinstance(e, PassFinished)] == [("lora", False)]
+    assert loads[-1]["attn_implementation"] == "sdpa"
+
+
+def test_a_model_builder_pass_in_another_precision_is_not_built_again_for_other_int4_options(tiny_model, tmp_path):
+    from tunecell.config import load_config
+
+    fp32 = {"type": "ModelBuilder", "precision": "fp32", "int4_block_size": 32}
+    assert run(config(tiny_model, tmp_path, {"mb": fp32}))[0].status == "succeeded"
+    other_int4_options = {**fp32, "int4_block_size": 64, "int4_algo_config": "rtn"}
+    again, events = run(config(tiny_model, tmp_path, {"mb": other_int4_options}))
+    assert [(e.name, e.cache_hit) for e in events if isinstance(e, PassFinished)] == [("mb", True)]
+    recorded = json.loads((Path(again.artifacts["mb"]) / "run.json").read_text())["settings"]
+    assert recorded["precision"] == "fp32" and not any(key.startswith("int4_") for key in recorded)
+    # in int4 they make another model
+    int4 = [tunecell.plan(load_config(config(tiny_model, tmp_path, {"mb": {**fp32, "precision": "int4",
+                                                                          "int4_block_size": size}})))
+            for size in (32, 64)]
+    assert [p.steps[0].settings["int4_block_size"] for p in int4] == [32, 64]
 
 
 def test_a_folder_in_output_dir_that_tunecell_did_not_write_stops_the_run_before_it_starts(tiny_model, tmp_path):
