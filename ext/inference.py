@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Optional, Union
 
 from .cpus import usable_cpus
 
@@ -64,6 +65,17 @@ class LoadedModel:
 
     kind: str
     path: Path
+    add_special_tokens = True  # prompts tokenized with the tokenizer's special tokens (a bos), as HF does by default
+
+    @contextmanager
+    def special_tokens(self, add: bool) -> Iterator[None]:
+        """Inside the block, prompts are tokenized with the tokenizer's special tokens or without: evaluation
+        tokenizes them as training did (the data config's add_special_tokens)."""
+        before, self.add_special_tokens = self.add_special_tokens, add
+        try:
+            yield
+        finally:
+            self.add_special_tokens = before
 
     def generate_with_stats(self, prompt: str, max_new_tokens: int = 64, *,
                             fixed_length: bool = False) -> tuple[str, int, float]:
@@ -131,6 +143,7 @@ def session_threads(model_config: dict) -> Optional[int]:
 
 class OnnxModel(LoadedModel):
     kind = "onnx"
+    add_special_tokens = False  # onnxruntime-genai's default: a chat template's prompt carries its own bos
 
     def __init__(self, path: Path):
         import onnxruntime_genai as og
@@ -145,7 +158,9 @@ class OnnxModel(LoadedModel):
         self._model = og.Model(og_config)
         self._tokenizer = og.Tokenizer(self._model)
         self._context_length = config.get("context_length")
-        self._end_of_text = first_id(config.get("eos_token_id"))  # the builder lists the tokenizer's eos first
+        self._end_of_text = self._tokenizer_eos(path)
+        if self._end_of_text is None:
+            self._end_of_text = first_id(config.get("eos_token_id"))
         # og's decode gives up at the first invalid UTF-8 byte (a random or truncated output can end mid
         # character) and drops the rest, so decode with the tokenizers library when tokenizer.json is there
         self._decoder = None
@@ -158,7 +173,7 @@ class OnnxModel(LoadedModel):
                             fixed_length: bool = False) -> tuple[str, int, float]:
         og = self._og
         start = time.perf_counter()
-        ids = self._tokenizer.encode(prompt)
+        ids = self._encode(prompt)
         max_length = len(ids) + max_new_tokens
         if self._context_length:
             check_room(len(ids), max_new_tokens if fixed_length else 1, self._context_length)
@@ -180,8 +195,7 @@ class OnnxModel(LoadedModel):
         # logits score the next token) and the generator is rewound to the prompt for the next label.
         import numpy as np
 
-        shared, sequences = label_sequences(lambda text: self._tokenizer.encode(text).tolist(), prompt, labels,
-                                            self._end_of_text)
+        shared, sequences = label_sequences(self._encode, prompt, labels, self._end_of_text)
         longest = max(len(ids) for ids in sequences)
         if self._context_length and longest > self._context_length:
             raise ValueError(f"the prompt and label are {longest} tokens; the model's context holds "
@@ -202,6 +216,20 @@ class OnnxModel(LoadedModel):
             generator.rewind_to(shared)
             scores.append(total)
         return scores
+
+    def _encode(self, text: str) -> list[int]:
+        self._tokenizer.update_options(add_special_tokens=str(self.add_special_tokens).lower())
+        return self._tokenizer.encode(text).tolist()
+
+    def _tokenizer_eos(self, path: Path) -> Optional[int]:
+        """The token training puts after each answer: the tokenizer's eos_token. genai_config.json's eos_token_id
+        is no substitute: the builder keeps generation_config's order, where the tokenizer's eos need not be
+        first (Llama-3.1-Instruct: [<|end_of_text|>, <|eom_id|>, <|eot_id|>], its tokenizer's eos <|eot_id|>)."""
+        settings = path / "tokenizer_config.json"
+        token = json.loads(settings.read_text()).get("eos_token") if settings.is_file() else None
+        if isinstance(token, dict):  # an AddedToken written out
+            token = token.get("content")
+        return self._tokenizer.to_token_id(token) if token else None
 
     def _decode(self, ids: list[int]) -> str:
         if self._decoder is not None:
@@ -248,7 +276,7 @@ class HfModel(LoadedModel):
     def generate_with_stats(self, prompt: str, max_new_tokens: int = 64, *,
                             fixed_length: bool = False) -> tuple[str, int, float]:
         start = time.perf_counter()
-        inputs = self._tokenizer(prompt, return_tensors="pt")
+        inputs = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=self.add_special_tokens)
         context = getattr(self._model.config, "max_position_embeddings", None)
         if context:  # as onnxruntime-genai: generation stops at the end of the context (past it: garbage)
             prompt_tokens = inputs["input_ids"].shape[1]
@@ -265,7 +293,7 @@ class HfModel(LoadedModel):
     def generate_many(self, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
         # Prompts of similar length go together, padded on the left; generate() takes the positions from the
         # attention mask, so each row continues its prompt as it would alone (within float rounding).
-        encoded = [self._tokenizer(prompt).input_ids for prompt in prompts]
+        encoded = [self._encode(prompt) for prompt in prompts]
         stops = set(self._eos if isinstance(self._eos, list) else [self._eos])
         texts = [""] * len(prompts)
         by_length = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
@@ -290,11 +318,14 @@ class HfModel(LoadedModel):
         per_batch = max(1, batch_rows // max(1, len(labels)))
         scores: list[list[float]] = []
         for start in range(0, len(prompts), per_batch):
-            batch = [label_sequences(lambda text: self._tokenizer(text).input_ids, prompt, labels, self._end_of_text)
+            batch = [label_sequences(self._encode, prompt, labels, self._end_of_text)
                      for prompt in prompts[start:start + per_batch]]
             scored = self._scores_sharing_prefixes(batch) if self._share_prefix else None
             scores.extend(scored if scored is not None else [self._scores_whole(*split) for split in batch])
         return scores
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=self.add_special_tokens).input_ids
 
     def _scores_sharing_prefixes(self, batch: list[tuple[int, list[list[int]]]]) -> Optional[list[list[float]]]:
         # Two forward passes. First the tokens each prompt shares with all its labels, padded on the left so that

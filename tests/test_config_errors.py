@@ -235,6 +235,13 @@ CASES = [
          "candidate [1]: Input should be a valid string", ("passes", "lora", "target_modules", 1), 16, 5),
     case("bool-for-literal-number", edit("precision: int4}", "precision: int4, int4_accuracy_level: true}"),
          "expected a number, not true", ("passes", "mb", "int4_accuracy_level"), 21, 45),
+    case("load-dtype-not-a-torch-dtype",
+         edit("SmolLM2-135M-Instruct}", "SmolLM2-135M-Instruct, load_kwargs: {torch_dtype: auto}}"),
+         "Input should be 'float32', 'bfloat16' or 'float16'", ("input_model", "load_kwargs", "dtype"), 1),
+    case("builder-option-by-both-names", edit("precision: int4}", "precision: int4, extra_options: "
+                                              "{int4_block_size: 64, block_size: 128}}"),
+         "both 'int4_block_size' (its old name) and 'block_size' are given",
+         ("passes", "mb", "extra_options", "int4_block_size"), 21, hint="keep only 'block_size'"),
     # ---- not a mapping
     case("not-mapping-list", "- input_model: x\n- passes: {}\n", "not a list", (), 1),
     case("not-mapping-scalar", "# a comment\ninput_model\n", "not a single value ('input_model')", (), 2),
@@ -365,3 +372,19 @@ def test_a_base_file_that_cannot_be_read_or_normalised_is_named_with_its_line(tm
     with pytest.raises(ConfigError) as info:  # the file's name is in the message already: not twice
         load_config("passes: {}\n", base=tmp_path / "missing.yaml")
     assert str(info.value).count("missing.yaml") == 1
+
+
+def test_a_second_metric_of_the_same_name_is_refused_at_its_name():
+    with pytest.raises(ConfigError, match="two metrics of evaluator 'tone_eval' are called 'accuracy'") as info:
+        load_config(edit("{name: latency, type: latency}", "{name: accuracy, type: latency}"))
+    assert info.value.path == ACC + ("name",) and info.value.line == 26
+
+
+def test_a_relative_goal_without_the_input_model_measured_is_refused_at_load():
+    goal = edit("max_new_tokens: 4}", "max_new_tokens: 4, goal: {type: min-improvement, value: 0.05}}")
+    with pytest.raises(ConfigError, match="judged against the input model's value") as info:
+        load_config(goal + "evaluate_input_model: false\n")
+    assert info.value.path == ACC + ("goal",) and info.value.line == 25
+    assert "evaluate_input_model: true" in info.value.hint
+    load_config(goal)
+    load_config(edit("min-improvement", "threshold", goal) + "evaluate_input_model: false\n")

@@ -143,6 +143,15 @@ def test_published_model_loads_and_generates(main):
         None, "Sad", "Joy")
 
 
+def test_every_column_of_the_metrics_table_loads(main):
+    result = main.result
+    assert [result.model(name).kind for name in ("input", "merge", "mb", "model")] == ["hf", "hf", "onnx", "onnx"]
+    assert result.model("input").generate(PROMPTS[0], max_new_tokens=2) == \
+        tunecell.load_model(result.config.input_model.model_path).generate(PROMPTS[0], max_new_tokens=2)
+    with pytest.raises(KeyError, match="this run has input, lora"):
+        result.model("nope")
+
+
 def test_metrics_cover_input_and_each_produced_model(main):
     metrics = main.result.metrics
     # the adapter is measured once, as the merged model
@@ -523,3 +532,26 @@ def test_a_failure_while_publishing_fails_the_run_and_leaves_the_earlier_outputs
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "manifest.json", "model"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["published"]["run_id"] == first.run_id
+
+
+def test_a_run_from_start_from_scores_accuracy_on_the_rows_the_earlier_run_held_out(main, monkeypatch):
+    # the second config has no LoRA pass of its own: the held-out split is the earlier run's
+    from tunecell import evaluate
+    from tunecell.runner import evaluation
+
+    config = variant(main, "out-from-held-out", evaluate=True)
+    config["evaluators"] = {"ev": {"metrics": [{"name": "accuracy", "type": "accuracy", "data_config": "tones",
+                                                "label_column": "tone", "max_new_tokens": 1, "max_samples": 8}]}}
+    config["evaluate_input_model"] = False
+    first, _ = run(config, only={"lora", "merge"})
+    scored = []
+    accuracy = evaluate.accuracy
+    monkeypatch.setattr(evaluate, "accuracy", lambda model, examples, *args, **kwargs: scored.append(
+        (model.kind, examples)) or accuracy(model, examples, *args, **kwargs))
+    optimize = copy.deepcopy(config)
+    optimize["passes"] = {"mb": config["passes"]["mb"]}
+    result, _ = run(optimize, start_from=first)
+    assert result.status == "succeeded"
+    loaded = tunecell.load_config(config)
+    held_out = evaluation._examples(loaded.evaluators["ev"].metrics[0], loaded)
+    assert scored == [("onnx", held_out)]

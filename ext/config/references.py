@@ -95,6 +95,13 @@ def _check_evaluation(config: schema.WorkflowConfig, data_names: list[str]) -> N
     for ev_name, ev in config.evaluators.items():
         for i, metric in enumerate(ev.metrics):
             path = ("evaluators", ev_name, "metrics", i)
+            if metric.name in [m.name for m in ev.metrics[:i]]:
+                raise ConfigError(f"two metrics of evaluator {ev_name!r} are called {metric.name!r}",
+                                  path=path + ("name",), hint="give each metric its own name: results are kept by name")
+            if metric.goal is not None and metric.goal.type != "threshold" and not config.evaluate_input_model:
+                raise ConfigError(f"a {metric.goal.type} goal is judged against the input model's value, which "
+                                  "evaluate_input_model: false leaves unmeasured", path=path + ("goal",),
+                                  hint="set evaluate_input_model: true, or give a threshold goal")
             if metric.data_config is not None and metric.data_config not in data_names:
                 raise ConfigError(f"data_config names {metric.data_config!r}, which is not in data_configs",
                                   path=path + ("data_config",), hint=_known("data configs", data_names))

@@ -88,18 +88,23 @@ class Template:
         """The formatted text, and the text before piece `split_at`'s field (when given)."""
         out: list[str] = []
         prompt = None
-        for i, (literal, field, spec, conversion) in enumerate(self.pieces):
+        for i, (literal, field, _, _) in enumerate(self.pieces):
             out.append(literal)
             if field is None:
                 continue
             if i == split_at:
                 prompt = "".join(out)
-            obj, _ = self._formatter.get_field(field, (), row)
-            obj = self._formatter.convert_field(obj, conversion)
-            if spec and "{" in spec:
-                spec = self._formatter.vformat(spec, (), row)
-            out.append(self._formatter.format_field(obj, spec or ""))
+            out.append(self.format_field(i, row))
         return "".join(out), prompt
+
+    def format_field(self, index: int, row: dict) -> str:
+        """Piece `index`'s field as the text shows it: with its conversion and format spec ({stars:.0f})."""
+        _, field, spec, conversion = self.pieces[index]
+        obj, _ = self._formatter.get_field(field, (), row)
+        obj = self._formatter.convert_field(obj, conversion)
+        if spec and "{" in spec:
+            spec = self._formatter.vformat(spec, (), row)
+        return self._formatter.format_field(obj, spec or "")
 
 
 def masking(pre: PreProcessDataConfig) -> bool:
@@ -254,7 +259,8 @@ def check_prompt_template(pre: PreProcessDataConfig) -> None:
 
 
 def eval_examples(rows: Any, pre: PreProcessDataConfig, label_column: str) -> list[tuple[str, str]]:
-    """(prompt, label) pairs for accuracy: the template rendered up to the label field, and the row's label."""
+    """(prompt, label) pairs for accuracy: the template rendered up to the label field, and the label as the
+    template renders it (what the model trains to answer: "5" for a float 5.0 in {stars:.0f})."""
     if text_source(pre) != "template":
         raise DataError("accuracy evaluation needs a text_template whose last part is the label field "
                         f"{{{label_column}}}")
@@ -269,7 +275,7 @@ def eval_examples(rows: Any, pre: PreProcessDataConfig, label_column: str) -> li
         if label is None:
             raise DataError("missing label (null)", row=i + 1, column=label_column)
         _, prompt = template.render(row, split_at)
-        out.append((prompt, str(label)))
+        out.append((prompt, template.format_field(split_at, row)))
     return out
 
 

@@ -2,33 +2,79 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from ..config import schema
+from ..errors import ConfigError
 from ..passes.base import Artifact
-from .cache import Cache, digest, package_versions
+from .cache import Cache, Entry, digest, package_versions
 
 LATENCY_PROMPTS = 8
 MEASURED_WITH = ("tunecell", "transformers", "onnxruntime-genai")  # a new version may measure differently
 # raised when what a metric measures changes, so that no cached value of the old kind is shown beside new ones
 # (2: latency and throughput generate max_new_tokens tokens whether or not the model ends its answer sooner, after
-# a warm-up; accuracy chooses among the labels of the whole data file)
-DEFINITIONS = 2
+# a warm-up; accuracy chooses among the labels of the whole data file. 3: prompts are tokenized as training
+# tokenizes them (add_special_tokens, on ONNX models too), an ONNX model's answers end with the tokenizer's eos, and
+# labels are compared as the template renders them)
+DEFINITIONS = 3
 
 
-def eval_rows(config: schema.WorkflowConfig, data_name: str) -> tuple[list[dict], Optional[dict]]:
+class Training(NamedTuple):
+    """A LoRA pass as evaluation sees it: the data config it trains on and the rows it holds out of it."""
+    pass_name: str
+    data_config: str
+    eval_dataset_size: Optional[float]
+    seed: int
+    data_seed: Optional[int]
+
+    @property
+    def split_seed(self) -> int:  # as passes.lora.split_seed
+        return self.seed if self.data_seed is None else self.data_seed
+
+
+def trainings(config: schema.WorkflowConfig, artifact: Optional[Artifact] = None) -> list[Training]:
+    """The LoRA passes whose training rows evaluation keeps out: this config's, then those in the making of
+    ``artifact`` that it lacks (a run from start_from has only the model of the earlier run's passes)."""
+    found = [_training(name, p.model_dump(mode="json")) for name, p in config.passes.items()
+             if isinstance(p, schema.LoRA)]
+    found += [t for t in (_made_by(artifact) if artifact is not None else []) if t not in found]
+    return found
+
+
+def _made_by(artifact: Artifact) -> list[Training]:
+    """The LoRA passes that made a cached artifact, first to last, read back along the inputs of the cache
+    records."""
+    found, source = [], artifact.to_dict()
+    while source:
+        entry = Entry(Path(source["path"]).parent)
+        record = entry.record() if entry.complete else {}
+        if record.get("key") != source["identity"]:  # not a pass's output: the input model
+            break
+        if record["type"] in ("LoRA", "QLoRA"):
+            found.append(_training(record["pass"], record["settings"]))
+        source = record["input"]
+    return found[::-1]
+
+
+def _training(pass_name: str, settings: dict) -> Training:
+    args = settings["training_args"]
+    return Training(pass_name, settings["train_data_config"], settings["eval_dataset_size"], args["seed"],
+                    args.get("data_seed"))
+
+
+def eval_rows(config: schema.WorkflowConfig, data_name: str,
+              artifact: Optional[Artifact] = None) -> tuple[list[dict], Optional[dict]]:
     """The rows a metric may score: the held-out split when a training pass uses this data config.
 
     Returns the rows and a description of the split (part of the metrics' cache key).
     """
     from ..data import load_rows, split_rows
-    from ..passes.lora import split_seed
 
     rows = load_rows(config.data_config(data_name), config.base_dir)
-    for p in config.passes.values():
-        if isinstance(p, schema.LoRA) and p.train_data_config == data_name and p.eval_dataset_size:
-            _, held_out = split_rows(rows, p.eval_dataset_size, split_seed(p))
-            return [dict(r) for r in held_out], {"size": p.eval_dataset_size, "seed": split_seed(p)}
+    for t in trainings(config, artifact):
+        if t.data_config == data_name and t.eval_dataset_size:
+            _, held_out = split_rows(rows, t.eval_dataset_size, t.split_seed)
+            return [dict(r) for r in held_out], {"size": t.eval_dataset_size, "seed": t.split_seed}
     return [dict(r) for r in rows], None
 
 
@@ -38,9 +84,7 @@ def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.
     a value, they do not change it), the data each metric reads and how it is split, and the measuring code."""
     used = sorted({name for m in evaluator.metrics if m.type != "size_on_disk"
                    for name in [m.data_config or _first_data_config(config)] if name})
-    splits = [[p.train_data_config, p.eval_dataset_size, p.training_args.seed,
-               (p.training_args.model_extra or {}).get("data_seed")]
-              for p in config.passes.values() if isinstance(p, schema.LoRA)]
+    splits = [[t.data_config, t.eval_dataset_size, t.seed, t.data_seed] for t in trainings(config, artifact)]
     metrics = [m.model_dump(mode="json", exclude={"goal", "priority"}) for m in evaluator.metrics]
     return digest({"model": artifact.identity, "metrics": metrics,
                    "data": {name: data_hashes.get(name) for name in used},
@@ -50,6 +94,7 @@ def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.
 
 def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig, cache: Cache,
             data_hashes: dict[str, str]) -> dict[str, float]:
+    _check_held_out(artifact, evaluator, config)
     key = metrics_key(artifact, evaluator, config, data_hashes)
     cached = cache.load_metrics(key)
     if cached is not None:
@@ -59,22 +104,39 @@ def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.Work
 
     base = artifact.base.path if artifact.kind == "adapter" and artifact.base else None  # this run's, not training's
     model = load_model(artifact.path, trust_remote_code=config.input_model.load_kwargs.trust_remote_code, base=base)
-    values = {metric.name: _one(metric, model, artifact.path, config, evaluate) for metric in evaluator.metrics}
+    values = {metric.name: _one(metric, model, artifact, config, evaluate) for metric in evaluator.metrics}
     cache.save_metrics(key, values)
     return values
 
 
-def _one(metric: schema.Metric, model: Any, path: Path, config: schema.WorkflowConfig, evaluate: Any) -> float:
+def _check_held_out(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig) -> None:
+    """config.references' check that accuracy is not measured on training rows, for the passes of the earlier run
+    that a run from start_from continues (not in this config, so not checked at load)."""
+    found = trainings(config, artifact)
+    for i, metric in enumerate(evaluator.metrics):
+        for t in found:
+            if metric.type == "accuracy" and t.data_config == metric.data_config and not t.eval_dataset_size:
+                raise ConfigError(f"accuracy on {metric.data_config!r} would be measured on rows that pass "
+                                  f"{t.pass_name!r} trained on",
+                                  path=("evaluators", config.evaluator, "metrics", i, "data_config"),
+                                  hint=f"set passes.{t.pass_name}.eval_dataset_size (e.g. 0.2) in the run that "
+                                       "trains it, or name a separate data config")
+
+
+def _one(metric: schema.Metric, model: Any, artifact: Artifact, config: schema.WorkflowConfig,
+         evaluate: Any) -> float:
     if metric.type == "size_on_disk":
-        return round(evaluate.size_on_disk_mb(path), 3)
-    if metric.type == "accuracy":
-        examples = _examples(metric, config)
-        labels = candidate_labels(metric, config)
-        return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring), 4)
-    prompts = speed_prompts(metric, config)
-    if metric.type == "latency":
-        return round(evaluate.latency_ms(model, prompts, metric.max_new_tokens), 2)
-    return round(evaluate.throughput(model, prompts, metric.max_new_tokens), 2)
+        return round(evaluate.size_on_disk_mb(artifact.path), 3)
+    data = metric.data_config or _first_data_config(config)
+    with model.special_tokens(config.data_config(data).pre_process_data_config.add_special_tokens if data else True):
+        if metric.type == "accuracy":
+            examples = _examples(metric, config, artifact)
+            labels = candidate_labels(metric, config)
+            return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring), 4)
+        prompts = speed_prompts(metric, config, artifact)
+        if metric.type == "latency":
+            return round(evaluate.latency_ms(model, prompts, metric.max_new_tokens), 2)
+        return round(evaluate.throughput(model, prompts, metric.max_new_tokens), 2)
 
 
 def candidate_labels(metric: schema.Metric, config: schema.WorkflowConfig) -> list[str]:
@@ -84,36 +146,53 @@ def candidate_labels(metric: schema.Metric, config: schema.WorkflowConfig) -> li
     data = config.data_config(metric.data_config)
     if metric.labels or data.pre_process_data_config.labels:
         return list(metric.labels or data.pre_process_data_config.labels)
-    from ..data import load_rows
+    from ..data import Template, load_rows
 
     column = metric.label_column or data.pre_process_data_config.label_column
-    return sorted({str(label) for label in load_rows(data, config.base_dir)[column] if label is not None})
+    template = Template.parse(data.pre_process_data_config.text_template)
+    piece = template.answer_piece(column)  # each label as the template renders it, as eval_examples expects it
+    return sorted({template.format_field(piece, {column: label})
+                   for label in load_rows(data, config.base_dir)[column] if label is not None})
 
 
-def _examples(metric: schema.Metric, config: schema.WorkflowConfig) -> list[tuple[str, str]]:
+def _examples(metric: schema.Metric, config: schema.WorkflowConfig,
+              artifact: Optional[Artifact] = None) -> list[tuple[str, str]]:
     from ..data import eval_examples
 
-    rows, _ = eval_rows(config, metric.data_config)
+    rows, _ = eval_rows(config, metric.data_config, artifact)
     pre = config.data_config(metric.data_config).pre_process_data_config
     examples = eval_examples(rows, pre, metric.label_column or pre.label_column)
     return examples[:metric.max_samples] if metric.max_samples else examples
 
 
-def speed_prompts(metric: schema.Metric, config: schema.WorkflowConfig) -> list[str]:
+def speed_prompts(metric: schema.Metric, config: schema.WorkflowConfig,
+                  artifact: Optional[Artifact] = None) -> list[str]:
     """Up to LATENCY_PROMPTS held-out prompts for latency and throughput: the template up to its label field when
-    it has one (what accuracy asks), else the whole texts."""
-    from ..data import Template, eval_examples, render
+    it has one (what accuracy asks), a conversation up to its last answer (what a chat model is asked), else the
+    whole texts."""
+    from ..data import Template, eval_examples, load_tokenizer, render
 
     name = metric.data_config or _first_data_config(config)
     if name is None:
         return ["Hello, how are you today?"]
-    rows, _ = eval_rows(config, name)
+    rows, _ = eval_rows(config, name, artifact)
     rows = rows[:LATENCY_PROMPTS]
     pre = config.data_config(name).pre_process_data_config
     label = metric.label_column or pre.label_column
-    if label and pre.text_template and not pre.use_chat_template and label in Template.parse(pre.text_template).fields:
+    if pre.use_chat_template:
+        tokenizer = load_tokenizer(None, config)  # the one training renders the conversations with
+        return [_chat_prompt(row, tokenizer) for row in rows]
+    if label and pre.text_template and label in Template.parse(pre.text_template).fields:
         return [prompt for prompt, _ in eval_examples(rows, pre, label)]
     return [render(row, pre).text for row in rows]
+
+
+def _chat_prompt(row: dict, tokenizer: Any) -> str:
+    from ..data.templates import chat_messages
+
+    messages = chat_messages(row)
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    return tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
 
 
 def _first_data_config(config: schema.WorkflowConfig) -> Optional[str]:
@@ -138,7 +217,8 @@ def goal_failures(config: schema.WorkflowConfig, evaluator: schema.Evaluator,
                 failures.append(f"{metric.name}: a {goal.type} goal needs the input model measured "
                                 "(evaluate_input_model: true)")
                 continue
-            change = sign * (value - baseline[metric.name])
+            # values have 4 decimals at most: 0.15 - 0.1 is 0.04999999999999999, which must meet a goal of 0.05
+            change = round(sign * (value - baseline[metric.name]), 9)
             ok = change >= goal.value if goal.type == "min-improvement" else -change <= goal.value
             wanted = f"{goal.type} {goal.value} against the input model's {baseline[metric.name]}"
         if not ok:

@@ -50,16 +50,22 @@ class RunResult:
         return Path(self.final["path"]) if self.final else None
 
     def model(self, which: str = "model"):
-        """Load an output for generation: "model" (the final one), "adapter", or a pass name."""
+        """Load a model for generation: "model" (the final one), "adapter", "input" or a pass name."""
         from ..inference import load_model
 
+        trust = bool(self.config and self.config.input_model.load_kwargs.trust_remote_code)
         if which == "model" and self.model_path is not None:
             base = (self.final.get("base") or {}).get("path") if self.final["kind"] == "adapter" else None
-            return load_model(self.model_path, base=base)
+            return load_model(self.model_path, base=base, trust_remote_code=trust)
+        if which == "input" and self.config is not None:  # a column of the metrics table too
+            from ..models import resolve_model
+
+            model = resolve_model(self.config.input_model, self.config.resolve(self.config.cache_dir))
+            return load_model(model.path, trust_remote_code=trust)
         if which not in self.artifacts:
-            raise KeyError(f"no artifact {which!r}; this run has {', '.join(self.artifacts)}")
+            raise KeyError(f"no artifact {which!r}; this run has {', '.join(['input', *self.artifacts])}")
         path = Path(self.artifacts[which])
-        return load_model(path / "artifact" if (path / "artifact").is_dir() else path)
+        return load_model(path / "artifact" if (path / "artifact").is_dir() else path, trust_remote_code=trust)
 
     # ---------------------------------------------------------------------------------------- summary
     def metric_table(self) -> tuple[list[str], list[list[str]]]:
