@@ -111,3 +111,19 @@ def test_a_relative_goal_met_exactly_is_met():
     assert failures("min-improvement", 0.1, 0.1499) == [
         "m = 0.1499, goal: min-improvement 0.05 against the input model's 0.1"]
     assert failures("max-degradation", 0.8, 0.7499) != []
+
+
+def test_max_samples_takes_rows_spread_over_a_file_sorted_by_label(tmp_path):
+    rows = [{"text": f"review {i}", "stars": float(1 + i // 10)} for i in range(50)]  # 10 of each, sorted
+    data = tmp_path / "sorted.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows))
+    config = tunecell.load_config({
+        "input_model": {"model_path": str(tmp_path / "model")},
+        "data_configs": [{"name": "stars", "load_dataset_config": {"data_name": "json", "data_files": str(data)},
+                          "pre_process_data_config": {"text_template": STARS, "label_column": "stars"}}],
+        "evaluators": {"ev": {"metrics": [{"name": "accuracy", "type": "accuracy", "data_config": "stars",
+                                           "max_samples": 10}]}},
+        "evaluator": "ev"})
+    examples = evaluation._examples(config.evaluators["ev"].metrics[0], config)
+    assert len(examples) == 10 and sorted({label for _, label in examples}) == ["1", "2", "3", "4", "5"]
+    assert [label for _, label in examples] == sorted(label for _, label in examples)  # in file order

@@ -15,7 +15,7 @@ MEASURED_WITH = ("tunecell", "transformers", "onnxruntime-genai")  # a new versi
 # (2: latency and throughput generate max_new_tokens tokens whether or not the model ends its answer sooner, after
 # a warm-up; accuracy chooses among the labels of the whole data file. 3: prompts are tokenized as training
 # tokenizes them (add_special_tokens, on ONNX models too), an ONNX model's answers end with the tokenizer's eos, and
-# labels are compared as the template renders them)
+# labels are compared as the template renders them; max_samples takes rows spread over the file)
 DEFINITIONS = 3
 
 
@@ -162,7 +162,11 @@ def _examples(metric: schema.Metric, config: schema.WorkflowConfig,
     rows, _ = eval_rows(config, metric.data_config, artifact)
     pre = config.data_config(metric.data_config).pre_process_data_config
     examples = eval_examples(rows, pre, metric.label_column or pre.label_column)
-    return examples[:metric.max_samples] if metric.max_samples else examples
+    n = metric.max_samples
+    if not n or n >= len(examples):
+        return examples
+    # spread over the rows, not the first n: a file sorted by label would give one or two labels
+    return [examples[i * len(examples) // n] for i in range(n)]
 
 
 def speed_prompts(metric: schema.Metric, config: schema.WorkflowConfig,
