@@ -184,6 +184,15 @@ def test_int4_size_is_the_builders(skel, algo, symmetric, tiny_bytes, smollm2_by
         assert E.onnx_bytes(smollm2_skeleton(), "int4", "cpu", 32, symmetric, algo) == smollm2_bytes
 
 
+def test_the_builders_command_line_forms_in_extra_options_are_read_as_it_reads_them():
+    from tunecell.config.schema import ModelBuilder
+
+    builder = ModelBuilder(extra_options={"is_symmetric": "false", "block_size": "64", "accuracy_level": "4"})
+    assert [builder.int4_option(k) for k in ("is_symmetric", "block_size", "accuracy_level")] == [False, 64, 4]
+    assert ModelBuilder(extra_options={"is_symmetric": "1"}).int4_option("is_symmetric") is True
+    assert ModelBuilder(int4_is_symmetric=False).int4_option("is_symmetric") is False
+
+
 def test_fp32_size_of_a_tied_model_counts_the_shared_matrix_once():
     assert E.onnx_bytes(smollm2_skeleton(), "fp32", "cpu") == 540_157_184  # the builder's model.onnx.data
 

@@ -256,8 +256,14 @@ class ModelBuilder(Model):
 
     def int4_option(self, name: str) -> Any:
         """What the builder gets for one of its int4 options (block_size, accuracy_level, is_symmetric,
-        algo_config): extra_options' value, else the int4_<name> field."""
-        return self.extra_options.get(name, getattr(self, f"int4_{name}"))
+        algo_config): extra_options' value, else the int4_<name> field. extra_options may hold the builder's
+        command-line forms ("false", "64"), which it converts as here."""
+        value = self.extra_options.get(name, getattr(self, f"int4_{name}"))
+        if isinstance(value, str) and name == "is_symmetric":
+            return value not in ("false", "False", "0")
+        if isinstance(value, str) and name in ("block_size", "accuracy_level") and value.isdigit():
+            return int(value)
+        return value
 
     @property
     def int4_method(self) -> str:
