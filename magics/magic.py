@@ -336,7 +336,9 @@ class TuneCell(Magics):
             result = run(config, **kwargs)
         except BaseException as e:  # a missing data file, a failed login ...: the view says so, not "waiting"
             if view is not None:
-                view.fail(str(e) or type(e).__name__)
+                interrupted = isinstance(e, KeyboardInterrupt)
+                view.fail("interrupted before the run started" if interrupted else str(e) or type(e).__name__,
+                          "interrupted" if interrupted else "failed")
             raise
         self._remember(result, args.out)
         display(result)

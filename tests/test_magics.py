@@ -606,6 +606,22 @@ def test_a_run_that_fails_before_it_starts_shows_why_in_its_view(ip: Interactive
     assert logs.startswith("error: ") and "no-such-file.jsonl: file not found" in logs
 
 
+def test_a_ctrl_c_before_the_run_starts_shows_interrupted_not_failed(ip: InteractiveShell, tiny_model: Path, paths,
+                                                                     monkeypatch) -> None:
+    from tunecell.runner import preflight
+
+    def ctrl_c(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preflight, "check", ctrl_c)  # the user's Ctrl-C while the run checks its files
+    with progress_mode(ip, "widgets"):
+        result, captured = run(ip, "%%finetune", workflow(tiny_model, paths["out"] / "ctrl-c"))
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    view = View(displayed_widgets(captured)[0])
+    assert "interrupted" in view.header.value and "failed" not in view.header.value
+    assert "interrupted before the run started" in view.summary.value
+
+
 def test_failed_pass_is_short_then_real_with_short_errors_off(ip: InteractiveShell, ft: RunResult, paths) -> None:
     gone = paths["root"] / "deleted-model"
     ip.user_ns["broken"] = replace(ft, final={**ft.final, "path": str(gone), "identity": "deleted"})

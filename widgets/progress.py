@@ -472,13 +472,14 @@ class RunProgress:
         self.cancel_button.disabled = True
         self.cancel_button.description = "Cancel"
 
-    def fail(self, error: str) -> None:
-        """The run raised ``error`` before its end was reported (a missing data file, say): show it, close the
-        controls. After a reported end (a failed pass), the view shows the failure already."""
+    def fail(self, error: str, status: str = "failed") -> None:
+        """The run raised ``error`` before its end was reported (a missing data file; a Ctrl-C before the first
+        pass, status "interrupted"): show it, close the controls. After a reported end (a failed pass), the view
+        shows the failure already."""
         with self._lock:
             if self.finished:
                 return
-            self._on_run_finished(RunFinished("failed", None, None))
+            self._on_run_finished(RunFinished(status, None, None))
             self.summary.value = f"<pre style='color:#cf222e'>{html.escape(error)}</pre>"
 
     def finish(self, result: Any) -> None:
