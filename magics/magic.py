@@ -444,8 +444,13 @@ class TuneCell(Magics):
     def _cmd_status(self) -> None:
         if not self.runs:
             print("no runs in this session")
+        # a finished background run is also kept under its run's id: one line says both
+        through = {v.result.run_id for v in self.runs.values() if isinstance(v, BackgroundRun) and v.result is not None}
         for run_id, value in self.runs.items():
-            print(f"{run_id}: {value.status}")
+            if isinstance(value, BackgroundRun) and value.result is not None:
+                print(f"{run_id}: {value.status} (run {value.result.run_id})")
+            elif run_id not in through:
+                print(f"{run_id}: {value.status}")
 
     def _cmd_runs(self, *, cache_dir: Optional[str] = None) -> None:
         from tunecell.runner.history import recorded_runs
