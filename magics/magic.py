@@ -392,7 +392,7 @@ class TuneCell(Magics):
     def _result_named(self, name: str) -> Any:
         value = self.shell.user_ns.get(name)
         if isinstance(value, BackgroundRun):
-            value = value.wait()
+            value = _ended(value)
         if value is None or not hasattr(value, "final"):
             raise UsageError(f"--from {name}: no run result called {name!r} in the notebook; "
                              "store one with %%finetune -o NAME")
@@ -415,7 +415,7 @@ class TuneCell(Magics):
 
         value: Any = self.shell.user_ns.get(name) if name else self._run_named(None)
         if isinstance(value, BackgroundRun):
-            value = value.wait()
+            value = _ended(value)
         if hasattr(value, "artifacts"):  # a RunResult
             path = value.model_path or value.artifacts.get("model")
             if path is None:
@@ -516,9 +516,7 @@ class TuneCell(Magics):
         return value if value is not None else self._run_named(run_id)
 
     def _cmd_export(self, run_or_file: str, file: Optional[str] = None) -> None:
-        value = self._run_named(run_or_file if file else None)
-        if isinstance(value, BackgroundRun):
-            value = value.wait()
+        value = self._run_named(run_or_file if file else None)  # a background run's config is known from its start
         _export(value.config, file or run_or_file)
 
     def _cmd_cache(self, action: Optional[str] = None, *, cache_dir: Optional[str] = None) -> None:
@@ -570,3 +568,10 @@ class TuneCell(Magics):
 def in_kernel(shell: Any) -> bool:
     """A Jupyter kernel's shell, or a subclass of it (Colab's is named Shell), where widgets display."""
     return "ipykernel" in sys.modules and any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__)
+
+
+def _ended(handle: BackgroundRun) -> Any:
+    """A background run's result: one still going is waited for, and the cell says so."""
+    if not handle.done:
+        print(f"waiting for {handle.id} to end (interrupt the kernel to stop waiting; the run goes on)")
+    return handle.wait()

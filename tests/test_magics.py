@@ -18,6 +18,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -926,12 +927,14 @@ def test_a_background_run_logs_as_it_goes_and_its_output_becomes_the_summary(ip:
             handle = ip.run_cell("%%finetune --background\n" + body).result
             assert reached.wait(120) and handle.status == "running"
             logs = run(ip, f"%tunecell logs {handle.id}")[1].stdout
+            exported = run(ip, f"%tunecell export {handle.id} {paths['out'] / 'bg-log.yaml'}")[1].stdout
             resume.set()
             done = handle.wait(timeout=300)
     finally:
         resume.set()
     assert re.search(r"^info: lora: \d+ training samples", logs, re.M), logs  # the lines so far
     assert handle.logs == done.logs  # then the result's
+    assert exported.startswith("wrote ")  # while the run was going: its config is known from its start
 
     # the cell's output: the handle while it runs, updated in place with the summary that a saved notebook keeps
     (shown, update) = [o for o in captured.outputs if o.transient.get("display_id")]
@@ -939,6 +942,20 @@ def test_a_background_run_logs_as_it_goes_and_its_output_becomes_the_summary(ip:
     assert update.update and update.transient == shown.transient
     assert update.data == {"text/plain": repr(done), "text/html": done._repr_html_()}
     assert done.status == "succeeded" and done.run_id in update.data["text/html"]
+
+
+def test_a_command_that_needs_a_background_run_s_result_says_it_waits(capsys) -> None:
+    from tunecell.magics.background import BackgroundRun
+    from tunecell.magics.magic import _ended
+
+    go, result = threading.Event(), SimpleNamespace(status="succeeded", logs=[])
+    handle = BackgroundRun(lambda config, **_: go.wait(60) and result, None, {}, threading.Event(),
+                           on_done=lambda _: None)
+    threading.Timer(0.3, go.set).start()
+    assert _ended(handle) is result
+    assert capsys.readouterr().out == f"waiting for {handle.id} to end (interrupt the kernel to stop waiting; " \
+                                      "the run goes on)\n"
+    assert _ended(handle) is result and capsys.readouterr().out == ""  # ended: no word
 
 
 # ============================================================================================= %config
