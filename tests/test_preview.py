@@ -88,6 +88,12 @@ def test_tokens_show_masking_special_tokens_and_the_cut(tone_file, word_tokenize
     assert "✂ max_seq_len 10" in html and "line-through" in html
     assert html.index(">today<") < html.index("✂ max_seq_len 10") < html.index(">The<")  # the 11th token is cut
     assert "training drops this row" in html  # the answer is cut away
+    held_out = DataExplorer(data_config(str(tone_file), strategy="line-by-line", train_on_prompt=False, max_seq_len=10),
+                            word_tokenizer, eval_dataset_size=0.5)
+    view = held_out.sample(min(held_out.eval_set))
+    from tunecell.widgets.render import sample_html
+    html = sample_html(view, strategy="line-by-line", max_seq_len=10, masking=True, total=held_out.n_rows)
+    assert view.split == "eval" and "the eval loss leaves this row out" in html and "training drops" not in html
     assert "rows cut at max_seq_len 10 (all rows)</td><td style=\"text-align:left\">6 (100.0%)" in w.stats_box.value
 
 

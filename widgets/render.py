@@ -92,7 +92,8 @@ def sample_html(view: SampleView, *, strategy: str, max_seq_len: int, masking: b
         notes.append(f"<span style='color:#c0392b'>cut at max_seq_len {max_seq_len}: "
                      f"{view.n_tokens - view.cut_at} tokens dropped</span>")
     if view.dropped:
-        notes.append("<span style='color:#c0392b'>no answer token is left after the cut: training drops this row</span>")
+        dropped_by = "the eval loss leaves this row out" if view.split == "eval" else "training drops this row"
+        notes.append(f"<span style='color:#c0392b'>no answer token is left after the cut: {dropped_by}</span>")
     if strategy == "join":
         if view.split == "eval":
             notes.append("eval row: packed into the eval blocks")
