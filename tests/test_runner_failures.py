@@ -346,3 +346,16 @@ def test_a_misspelt_training_args_choice_fails_before_any_work_with_the_closest_
     assert f"{value!r} is not a name transformers knows" in error.value.message
     assert error.value.hint == f"did you mean {close!r}?"
     assert events == [] and not (tmp_path / "out").exists()  # not even the input model was measured
+
+
+def test_a_measurement_that_cannot_fit_the_context_names_the_metric_and_its_setting(tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, {"mb": {"type": "ModelBuilder", "precision": "fp32"}})
+    cfg.update(evaluators={"ev": {"metrics": [{"name": "size", "type": "size_on_disk"},
+                                              {"name": "speed", "type": "latency", "max_new_tokens": 600}]}},
+               evaluator="ev")  # the tiny model's context holds 512 tokens
+    with pytest.raises(PassFailed) as failed:
+        run(cfg)
+    message = str(failed.value)
+    assert message.startswith("pass 'evaluate input' (evaluation) failed: ConfigError: "
+                              "evaluators.ev.metrics.1.max_new_tokens: metric 'speed': the prompt is ")
+    assert "hint: lower max_new_tokens" in message

@@ -100,11 +100,18 @@ def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.Work
     if cached is not None:
         return cached
     from .. import evaluate
-    from ..inference import load_model
+    from ..inference import ContextFull, load_model
 
     base = artifact.base.path if artifact.kind == "adapter" and artifact.base else None  # this run's, not training's
     model = load_model(artifact.path, trust_remote_code=config.input_model.load_kwargs.trust_remote_code, base=base)
-    values = {metric.name: _one(metric, model, artifact, config, evaluate) for metric in evaluator.metrics}
+    values = {}
+    for i, metric in enumerate(evaluator.metrics):
+        try:
+            values[metric.name] = _one(metric, model, artifact, config, evaluate)
+        except ContextFull as e:  # named by the setting that asked for it
+            raise ConfigError(f"metric {metric.name!r}: {e}", path=("evaluators", config.evaluator, "metrics", i,
+                                                                      "max_new_tokens"),
+                              hint="lower max_new_tokens, or max_seq_len of its data config") from None
     cache.save_metrics(key, values)
     return values
 
