@@ -67,3 +67,14 @@ def test_accuracy_on_the_rows_an_earlier_run_trained_on_is_refused_before_the_mo
         evaluation.measure(model, optimize.evaluators["ev"], optimize, Cache(tmp_path / "cache", "w"), {})
     assert error.value.path == ("evaluators", "ev", "metrics", 1, "data_config")
     assert "passes.lora.eval_dataset_size" in error.value.hint
+
+
+@pytest.mark.parametrize("beside", ['{"step": 1}\n{"step": 2}\n', "[1, 2]", '{"key": "other"}'])
+def test_a_run_json_of_another_tool_beside_the_input_model_is_not_read_as_a_pass(tmp_path, beside):
+    (tmp_path / "exp" / "model").mkdir(parents=True)
+    (tmp_path / "exp" / "run.json").write_text(beside)  # the walk back ends at the input model's folder
+    source = Artifact("hf", tmp_path / "exp" / "model", "sha256:input")
+    adapter = built(tmp_path / "cache", "lora", "LoRA", config(tmp_path, {"lora": lora(0.2)}).passes["lora"]
+                    .model_dump(mode="json", exclude={"type"}), source)
+    assert [t.pass_name for t in evaluation.trainings(config(tmp_path, {}), adapter)] == ["lora"]
+    assert evaluation.trainings(config(tmp_path, {}), source) == []

@@ -44,16 +44,25 @@ def trainings(config: schema.WorkflowConfig, artifact: Optional[Artifact] = None
 def _made_by(artifact: Artifact) -> list[Training]:
     """The LoRA passes that made a cached artifact, first to last, read back along the inputs of the cache
     records."""
-    found, source = [], artifact.to_dict()
-    while source:
-        entry = Entry(Path(source["path"]).parent)
-        record = entry.record() if entry.complete else {}
-        if record.get("key") != source["identity"]:  # not a pass's output: the input model
-            break
+    found, record = [], _record_of(artifact.to_dict())
+    while record is not None:
         if record["type"] in ("LoRA", "QLoRA"):
             found.append(_training(record["pass"], record["settings"]))
-        source = record["input"]
+        record = _record_of(record["input"])
     return found[::-1]
+
+
+def _record_of(source: dict) -> Optional[dict]:
+    """The cache record of a pass's output (<entry>/artifact); None for anything else: the input model, whatever
+    its folder holds (another tool's run.json)."""
+    path = Path(source["path"])
+    if path.name != "artifact":
+        return None
+    try:
+        record = Entry(path.parent).record()
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == source.get("identity") else None
 
 
 def _training(pass_name: str, settings: dict) -> Training:
