@@ -143,6 +143,14 @@ def test_load_kwargs_torch_dtype_is_the_torch_dtype_of_the_lora_passes_that_give
                for note in config.notes)
     again = load_config(config)  # written back without defaults, each pass keeps its own dtype
     assert (again.passes["lora"].torch_dtype, again.passes["lora2"].torch_dtype) == ("bfloat16", "float32")
+    from tunecell.widgets.config_text import dump_config
+
+    written = load_config(dump_config(config, "tones", {"max_seq_len": 128}))  # the preview's "Write config"
+    assert (written.passes["lora"].torch_dtype, written.passes["lora2"].torch_dtype) == ("bfloat16", "float32")
+    for given, trained in (("torch.bfloat16", "bfloat16"), ("fp16", "float16"), ("auto", "float32")):
+        # as Olive configs name it; "auto" (the checkpoint's dtype) leaves the passes' own default
+        assert load_config(text.replace("torch_dtype: bfloat16}", f"torch_dtype: {given}}}")) \
+            .passes["lora"].torch_dtype == trained, given
 
 
 def test_the_builder_s_former_int4_names_in_extra_options_are_its_current_ones():

@@ -236,8 +236,8 @@ CASES = [
     case("bool-for-literal-number", edit("precision: int4}", "precision: int4, int4_accuracy_level: true}"),
          "expected a number, not true", ("passes", "mb", "int4_accuracy_level"), 21, 45),
     case("load-dtype-not-a-torch-dtype",
-         edit("SmolLM2-135M-Instruct}", "SmolLM2-135M-Instruct, load_kwargs: {torch_dtype: auto}}"),
-         "Input should be 'float32', 'bfloat16' or 'float16'", ("input_model", "load_kwargs", "dtype"), 1),
+         edit("SmolLM2-135M-Instruct}", "SmolLM2-135M-Instruct, load_kwargs: {torch_dtype: int8}}"),
+         "Input should be 'float32', 'bfloat16', 'float16' or 'auto'", ("input_model", "load_kwargs", "dtype"), 1),
     case("builder-option-by-both-names", edit("precision: int4}", "precision: int4, extra_options: "
                                               "{int4_block_size: 64, block_size: 128}}"),
          "both 'int4_block_size' (its old name) and 'block_size' are given",

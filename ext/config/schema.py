@@ -82,7 +82,18 @@ class LoadKwargs(Model):
     trust_remote_code: bool = False
     revision: Optional[str] = None
     attn_implementation: Optional[str] = None  # the LoRA passes load the model with it (a key of theirs)
-    dtype: Optional[TorchDtype] = None  # the torch_dtype of the LoRA passes that give none (WorkflowConfig)
+    # the torch_dtype of the LoRA passes that give none (WorkflowConfig); "auto" (the checkpoint's) leaves them
+    dtype: Optional[Literal["float32", "bfloat16", "float16", "auto"]] = None
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _torch_name(cls, v: Any) -> Any:
+        """Olive configs name it as torch does, or short: torch.bfloat16, bf16, half, fp32."""
+        if isinstance(v, str):
+            name = v.removeprefix("torch.")
+            return {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+                    "float": "float32"}.get(name, name)
+        return v
 
 
 class InputModel(Model):
@@ -423,13 +434,15 @@ class WorkflowConfig(Model):
         it (it merges and evaluates in float32). So load_kwargs.dtype is the torch_dtype of each LoRA pass that
         gives none, and is then cleared: a config written back without its defaults (export.minimal_dict) would
         otherwise hand it to a pass that chose torch_dtype: float32."""
-        dtype = self.input_model.load_kwargs.dtype
-        if dtype is None:
+        load_kwargs = self.input_model.load_kwargs
+        if load_kwargs.dtype is None:
             return self
         for p in self.passes.values():
-            if isinstance(p, LoRA) and "torch_dtype" not in p.model_fields_set:
-                p.__dict__["torch_dtype"] = dtype
-        self.input_model.load_kwargs.__dict__["dtype"] = None
+            if load_kwargs.dtype != "auto" and isinstance(p, LoRA) and "torch_dtype" not in p.model_fields_set:
+                p.__dict__["torch_dtype"] = load_kwargs.dtype
+                p.__pydantic_fields_set__.add("torch_dtype")  # written back (exclude_unset) as the pass's own
+        load_kwargs.__dict__["dtype"] = None
+        load_kwargs.__pydantic_fields_set__.discard("dtype")
         return self
 
     @property
