@@ -381,16 +381,13 @@ def test_a_run_says_which_folders_in_output_dir_an_earlier_run_left(main):
     assert (out / "adapter" / "adapter_config.json").is_file()  # left: with clean_cache it may be the only copy
 
 
-def test_weights_are_published_as_read_only_links_and_the_files_users_edit_as_copies(main, monkeypatch):
-    from tunecell.runner import output_dir
-
-    monkeypatch.setattr(output_dir, "LINKED_FROM", 64 << 10)  # the tiny model's weights are small
+def test_weights_are_published_as_read_only_links_and_the_files_users_edit_as_copies(main):
     config = variant(main, "out-links")
     result, _ = run(config)
     published, built = main.root / "out-links" / "model", Path(result.artifacts["mb"]) / "artifact"
     for path in built.iterdir():
         copy = published / path.name
-        linked = path.stat().st_size >= output_dir.LINKED_FROM
+        linked = path.suffix in (".onnx", ".data")
         assert os.path.samefile(copy, path) == linked, path.name
         assert (copy.stat().st_mode & 0o222 == 0) == linked, path.name  # no write bit on a shared file
     assert os.path.samefile(published / "model.onnx.data", built / "model.onnx.data")
@@ -555,3 +552,41 @@ def test_a_run_from_start_from_scores_accuracy_on_the_rows_the_earlier_run_held_
     loaded = tunecell.load_config(config)
     held_out = evaluation._examples(loaded.evaluators["ev"].metrics[0], loaded)
     assert scored == [("onnx", held_out)]
+
+
+def test_publishing_links_weights_where_it_may_and_keeps_the_umask(tmp_path, monkeypatch):
+    from tunecell.runner import output_dir
+
+    source = tmp_path / "entry"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"w" * 100)
+    (source / "tokenizer.json").write_text("{}")
+
+    def published(name: str) -> Path:
+        output_dir.link_tree(source, tmp_path / name / "model", name)
+        return tmp_path / name / "model"
+
+    old = os.umask(0o077)  # a private umask: what is published stays private
+    try:
+        private = published("private")
+    finally:
+        os.umask(old)
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert os.path.samefile(private / "model.safetensors", source / "model.safetensors")
+    assert not os.path.samefile(private / "tokenizer.json", source / "tokenizer.json")
+
+    chmod = os.chmod
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith(".safetensors"):
+            raise PermissionError("not the owner")  # a shared cache's file belongs to another user
+        chmod(path, *args, **kwargs)
+
+    monkeypatch.setattr(output_dir.os, "chmod", refused)
+    shared = published("shared")
+    assert os.path.samefile(shared / "model.safetensors", source / "model.safetensors")  # the link stays
+    monkeypatch.undo()
+    monkeypatch.setattr(output_dir, "READ_ONLY_LINKS", False)  # Windows: links too (the cache must delete them)
+    os.chmod(source / "model.safetensors", 0o644)  # the first publish made the shared file read-only
+    windows = published("windows") / "model.safetensors"
+    assert os.path.samefile(windows, source / "model.safetensors") and windows.stat().st_mode & 0o200

@@ -117,8 +117,10 @@ def publish_search(config, result: "RunResult") -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     """Written whole or not at all; a temp name of its own, as two runs of one kernel may write at once."""
+    from .output_dir import umask
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(data, indent=2, default=str))
-    os.chmod(tmp, 0o644)  # mkstemp made it private
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp made it private
     os.replace(tmp, path)

@@ -15,7 +15,8 @@ from ..errors import ConfigError
 from .manifest import read as read_manifest
 
 IDENTITY = ".tunecell-identity"  # in each published folder: the cache entry's identity and the run that built it
-LINKED_FROM = 16 << 20  # bytes: larger files (the weights) are published as hard links, smaller ones copied
+READ_ONLY_LINKS = os.name == "posix"  # a read-only file on Windows could not be deleted with its cache entry
+WEIGHTS = (".safetensors", ".bin", ".data", ".onnx", ".gguf", ".pt", ".pth")  # published as links, the rest copied
 
 
 def is_published(name: str) -> bool:
@@ -65,14 +66,15 @@ def link_tree(source: Path, target: Path, identity: str) -> None:
 
 def stage(source: Path, target: Path, identity: str) -> Path:
     """A copy of ``source`` in a temp folder beside ``target``, ready to take its place. Weight files are hard links
-    into the cache (copies across file systems), read-only so that an edit in place cannot change the cache entry
-    behind them; the small files a user edits (configs, tokenizer, genai_config.json) are copies."""
+    into the cache (copies across file systems), read-only where the system allows, so that an edit in place fails
+    rather than change the cache entry behind them (root ignores the mode); the files a user edits (configs,
+    tokenizer, genai_config.json) are copies."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))  # unique: runs may overlap
     try:
         shutil.copytree(source, tmp, copy_function=_publish_file, dirs_exist_ok=True)
         (tmp / IDENTITY).write_text(identity)
-        tmp.chmod(0o755)  # mkdtemp made it private
+        tmp.chmod(0o777 & ~umask())  # mkdtemp made it private
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -111,11 +113,21 @@ def _replace(new: Path, target: Path) -> None:
 
 
 def _publish_file(src: str, dst: str) -> None:
-    if os.name == "posix" and os.path.getsize(src) >= LINKED_FROM:
-        try:
-            os.link(src, dst)
+    if not src.endswith(WEIGHTS):
+        shutil.copy2(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or no links there
+        shutil.copy2(src, dst)
+        return
+    if READ_ONLY_LINKS:
+        with contextlib.suppress(OSError):  # not ours to change (a shared cache): the link stays writable
             os.chmod(dst, os.stat(dst).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-            return
-        except OSError:
-            pass
-    shutil.copy2(src, dst)
+
+
+def umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
