@@ -54,8 +54,9 @@ def plan(config: schema.WorkflowConfig, only: Optional[set[str]] = None) -> Plan
         settings = p.model_dump(exclude={"type"}, mode="json")
         if isinstance(p, schema.ModelBuilder):
             settings["execution_provider"] = config.execution_provider
-            if p.precision != "int4":  # the int4 options change no other precision's model: not in its key
-                settings = {key: value for key, value in settings.items() if not key.startswith("int4_")}
+            if p.precision != "int4":  # the int4 options change no other precision's model: their defaults in its key
+                defaults = schema.ModelBuilder().model_dump(mode="json")
+                settings.update({key: defaults[key] for key in settings if key.startswith("int4_")})
         if isinstance(p, schema.LoRA) and config.input_model.load_kwargs.attn_implementation:
             settings["attn_implementation"] = config.input_model.load_kwargs.attn_implementation  # trained with it
         if only is None or name in only:

@@ -86,6 +86,7 @@ def test_latency_on_a_chat_data_config_times_each_conversation_up_to_its_last_an
 
     rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"ok {i}"}]}
             for i in range(3)]
+    rows.append({"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]})
     (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     config = tunecell.load_config({
         "input_model": {"model_path": str(tiny_model)},
@@ -96,7 +97,7 @@ def test_latency_on_a_chat_data_config_times_each_conversation_up_to_its_last_an
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     assert evaluation.speed_prompts(config.evaluators["ev"].metrics[0], config) == [
         tokenizer.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
-        for row in rows]
+        for row in rows[:3]] + [tokenizer.apply_chat_template(rows[3]["messages"], tokenize=False)]  # assistant first
 
 
 def test_a_relative_goal_met_exactly_is_met():

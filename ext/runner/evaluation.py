@@ -212,6 +212,8 @@ def _chat_prompt(row: dict, tokenizer: Any) -> str:
 
     messages = chat_messages(row)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    if last == 0:  # the assistant speaks first: the whole conversation is the prompt
+        return tokenizer.apply_chat_template(messages, tokenize=False)
     return tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
 
 
