@@ -354,8 +354,8 @@ class TuneCell(Magics):
         def done(handle: BackgroundRun) -> None:
             if handle.result is not None:
                 self._remember(handle.result, None)
-                if view is not None:  # the cell has returned: the summary goes into its live view
-                    view.finish(handle.result)
+                if view is not None:  # the summary is the handle's output below the view (a saved notebook keeps it)
+                    view.finish(handle.result, summary=False)
             elif view is not None:  # it failed before it started: the error does
                 view.fail(str(handle.error))
 

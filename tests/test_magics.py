@@ -942,6 +942,8 @@ def test_a_background_run_logs_as_it_goes_and_its_output_becomes_the_summary(ip:
     assert update.update and update.transient == shown.transient
     assert update.data == {"text/plain": repr(done), "text/html": done._repr_html_()}
     assert done.status == "succeeded" and done.run_id in update.data["text/html"]
+    view = View(displayed_widgets(captured)[0])
+    assert view.cancel.disabled and view.summary.value == ""  # the summary once, below the view, not in it too
 
 
 def test_a_command_that_needs_a_background_run_s_result_says_it_waits(capsys) -> None:

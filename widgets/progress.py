@@ -482,8 +482,9 @@ class RunProgress:
             self._on_run_finished(RunFinished(status, None, None))
             self.summary.value = f"<pre style='color:#cf222e'>{html.escape(error)}</pre>"
 
-    def finish(self, result: Any) -> None:
-        """Add the static summary of `result` (a RunResult) below the live view and close the controls."""
+    def finish(self, result: Any, summary: bool = True) -> None:
+        """Add the static summary of `result` (a RunResult) below the live view and close the controls; without it
+        (summary=False) where the cell shows the summary itself (a background run's handle)."""
         with self._lock:
             self._cancel_timer()
             self._flush(force=True)
@@ -493,4 +494,5 @@ class RunProgress:
             self._render_header(duration_s=result.duration_s, manifest=result.manifest_path)
             self.overall_bar.bar_style = _RUN_BAR_STYLE.get(result.status, "warning")
             self._disable_cancel()
-            self.summary.value = result._repr_html_()
+            if summary:
+                self.summary.value = result._repr_html_()
