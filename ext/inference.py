@@ -229,7 +229,8 @@ class OnnxModel(LoadedModel):
         token = json.loads(settings.read_text()).get("eos_token") if settings.is_file() else None
         if isinstance(token, dict):  # an AddedToken written out
             token = token.get("content")
-        return self._tokenizer.to_token_id(token) if token else None
+        found = self._tokenizer.to_token_id(token) if token else None
+        return found if found is not None and found >= 0 else None  # -1: a name the tokenizer does not know
 
     def _decode(self, ids: list[int]) -> str:
         if self._decoder is not None:

@@ -49,3 +49,13 @@ def test_prompts_get_a_bos_only_when_add_special_tokens_says_so(models, backend)
     with model.special_tokens(True):
         added = model.label_logprobs(PROMPT, LABELS), model.generate(PROMPT, 6)
     assert written[0] == pytest.approx(added[0], abs=1e-3) and written[1] == added[1]
+
+
+def test_an_eos_name_the_onnx_tokenizer_does_not_know_falls_back_to_genai_s_list(models, tmp_path):
+    onnx = tmp_path / "onnx"
+    shutil.copytree(models[1].path, onnx)
+    settings = json.loads((onnx / "tokenizer_config.json").read_text())
+    (onnx / "tokenizer_config.json").write_text(json.dumps({**settings, "eos_token": "<|not-a-token|>"}))
+    model = load_model(onnx)
+    assert model._end_of_text == 6  # genai_config.json's first eos, not -1 appended to every label
+    assert all(value > float("-inf") for value in model.label_logprobs(PROMPT, LABELS))
