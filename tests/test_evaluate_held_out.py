@@ -78,3 +78,23 @@ def test_a_run_json_of_another_tool_beside_the_input_model_is_not_read_as_a_pass
                     .model_dump(mode="json", exclude={"type"}), source)
     assert [t.pass_name for t in evaluation.trainings(config(tmp_path, {}), adapter)] == ["lora"]
     assert evaluation.trainings(config(tmp_path, {}), source) == []
+
+
+def test_a_run_from_start_from_refuses_accuracy_on_training_rows_before_its_first_pass(tiny_model, tmp_path):
+    from tunecell.events import PassStarted
+
+    data = [{"name": "tones", "load_dataset_config": {"data_name": "json", "data_files": str(TONES)},
+             "pre_process_data_config": {"text_template": "{phrase}\n{tone}"}}]
+    trained = {"input_model": {"model_path": str(tiny_model)}, "data_configs": data, "cache_dir": str(tmp_path / "c"),
+               "output_dir": str(tmp_path / "out1"),
+               "passes": {"lora": {"type": "LoRA", "train_data_config": "tones", "r": 4, "target_modules": ["qkv_proj"],
+                                   "training_args": {"max_steps": 2, "per_device_train_batch_size": 4}},
+                          "merge": {"type": "MergeAdapterWeights"}}}  # no rows held out
+    first = tunecell.run(trained, progress="none")
+    optimize = {**trained, "output_dir": str(tmp_path / "out2"), "passes": {"mb": {"type": "ModelBuilder"}},
+                "evaluators": {"ev": {"metrics": [{"name": "accuracy", "type": "accuracy", "data_config": "tones",
+                                                   "label_column": "tone"}]}}, "evaluator": "ev"}
+    events: list = []
+    with pytest.raises(ConfigError, match="would be measured on rows that pass 'lora' trained on"):
+        tunecell.run(optimize, start_from=first, progress="none", subscribers=[events.append])
+    assert not [e for e in events if isinstance(e, PassStarted)]  # before the builder's minute of work

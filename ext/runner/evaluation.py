@@ -103,7 +103,7 @@ def metrics_key(artifact: Artifact, evaluator: schema.Evaluator, config: schema.
 
 def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig, cache: Cache,
             data_hashes: dict[str, str]) -> dict[str, float]:
-    _check_held_out(artifact, evaluator, config)
+    check_held_out(artifact, evaluator, config)
     key = metrics_key(artifact, evaluator, config, data_hashes)
     cached = cache.load_metrics(key)
     if cached is not None:
@@ -125,7 +125,7 @@ def measure(artifact: Artifact, evaluator: schema.Evaluator, config: schema.Work
     return values
 
 
-def _check_held_out(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig) -> None:
+def check_held_out(artifact: Artifact, evaluator: schema.Evaluator, config: schema.WorkflowConfig) -> None:
     """config.references' check that accuracy is not measured on training rows, for the passes of the earlier run
     that a run from start_from continues (not in this config, so not checked at load)."""
     found = trainings(config, artifact)

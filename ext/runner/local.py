@@ -24,7 +24,7 @@ from ..planner import Plan, plan as make_plan
 from . import manifest, output_dir, preflight
 from .dispatch import remote_system, run_remote
 from .cache import Cache, Entry, digest, package_versions
-from .evaluation import goal_failures, measure
+from .evaluation import check_held_out, goal_failures, measure
 from .history import record_run
 from .result import PassRecord, RunResult
 
@@ -157,9 +157,12 @@ class LocalRun:
     def _check_settings(self, source: Artifact) -> None:
         """What only transformers can judge (a misspelt optimizer name), for each LoRA pass this run will train:
         before any work, the input model's evaluation included. Not for a cached pass: a fully cached run imports
-        no torch. A pass's key is its output's identity, so the keys chain without running anything."""
+        no torch. A pass's key is its output's identity, so the keys chain without running anything. And, from
+        start_from, that accuracy is not to be measured on rows the earlier run's LoRA pass trained on."""
         from ..passes.lora import check_training_args
 
+        if self.start_from is not None and self.plan.evaluator is not None:
+            check_held_out(source, self.plan.evaluator, self.config)
         identity = source.identity
         for step in self.plan.steps:
             identity, settings = self._key(step, identity), self.config.passes[step.name]
