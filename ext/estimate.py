@@ -200,8 +200,9 @@ def lora_targets(skel: Skeleton, target_modules: Union[None, str, list[str]],
     elif isinstance(target_modules, str):  # a regular expression, matched against the full name
         chosen = [l for l in skel.layers if re.fullmatch(target_modules, l.name)]
     else:
-        keys = list(target_modules)
-        chosen = [l for l in skel.layers if l.name in keys or any(l.name.endswith("." + k) for k in keys)]
+        from .passes.lora import targets
+
+        chosen = [l for l in skel.layers if any(targets(k, l.name) for k in target_modules)]
     if modules_to_save:
         chosen = [l for l in chosen if not any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", l.name)
                                                for m in modules_to_save)]

@@ -23,15 +23,9 @@ def load_tokenizer(spec: Any = None, config: Any = None) -> Any:
         local = Path(os.path.expanduser(model.model_path)) if isinstance(model.model_path, str) else None
         if local is not None and local.is_dir() and not model.gguf_file:
             path = local  # a local HF folder: read its tokenizer files, never hash or load the weights
-        elif local is not None and (local.is_file() and local.suffix.lower() == ".gguf" or
-                                    local.is_dir() and model.gguf_file):
-            path, kwargs["gguf_file"] = (local.parent, local.name) if local.is_file() else (local, model.gguf_file)
         else:
-            try:
-                from tunecell.models import resolve_model
-            except ImportError as e:
-                raise DataError(f"cannot resolve input_model's tokenizer ({e})",
-                                hint="pass tokenizer=<tokenizer object or model folder>") from None
+            from tunecell.models import resolve_model
+
             path = resolve_model(model, Path(config.resolve(config.cache_dir)), convert_gguf=False).path
             if path.is_file():  # a GGUF not converted yet: its tokenizer is read from the file
                 path, kwargs["gguf_file"] = path.parent, path.name

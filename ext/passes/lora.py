@@ -171,12 +171,16 @@ def training_device(model: Any) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
+def targets(key: str, name: str) -> bool:
+    """peft's rule: a target_modules key names each module whose full name is the key or ends with "." + key."""
+    return name == key or name.endswith("." + key)
+
+
 def _check_target_modules(model: Any, cfg: schema.LoRA, pass_name: str) -> None:
     if not isinstance(cfg.target_modules, list):
         return
     names = linear_modules(model)
-    # peft's rule: a key names each module whose full name is the key or ends with "." + key (self_attn.o_proj)
-    missing = [m for m in cfg.target_modules if not any(n == m or n.endswith("." + m) for n in names)]
+    missing = [m for m in cfg.target_modules if not any(targets(m, n) for n in names)]
     if missing:
         raise ConfigError(f"this model has no modules named {', '.join(missing)}; its linear modules are: "
                           f"{', '.join(linear_module_names(model))}", path=("passes", pass_name, "target_modules"),

@@ -313,9 +313,7 @@ class LocalRun:
             raise PassFailed("publish", "output_dir", e) from e
         earlier = output_dir.earlier_outputs(out, {name for name in ("model", "adapter") if name in self.artifacts})
         if earlier:
-            self.bus.log(f"output_dir {out} also holds {', '.join(f + '/' for f in earlier)} from an earlier run, not "
-                         "this one (its manifest.json names this run's outputs): remove them, or choose another "
-                         "output_dir", "warning")
+            self.bus.log(earlier, "warning")
 
     def _result(self, status: str, started: float, **extra: Any) -> RunResult:
         logs = [f"{e.level}: {e.text}" for e in self.bus.history if isinstance(e, Log)]

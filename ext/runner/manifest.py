@@ -99,16 +99,17 @@ def publish_search(config, result: "RunResult") -> None:
     for c in published:
         link_tree(out / "candidates" / str(c["index"]) / "model",
                   out / ("model" if c["rank"] == 1 else f"top-{c['rank']}"), f"candidate-{c['index']}")
-    if published and published[0]["rank"] == 1:
+    best_published = bool(published) and published[0]["rank"] == 1
+    if best_published:
         result.artifacts["model"] = str(out / "model")
-    earlier = earlier_outputs(out, {"model" if c["rank"] == 1 else f"top-{c['rank']}" for c in published})
+    earlier = earlier_outputs(out, {"model" if c["rank"] == 1 else f"top-{c['rank']}" for c in published},
+                              "this search")
     if earlier:
-        result.logs.append(f"warning: output_dir {out} also holds {', '.join(f + '/' for f in earlier)} from an "
-                           "earlier run, not this search: remove them, or choose another output_dir")
+        result.logs.append(f"warning: {earlier}")
     data = {"status": result.status, "best": result.best, "candidates": result.candidates,
             "search_strategy": config.search_strategy.model_dump(), "packages": package_versions(PACKAGES),
             "config": config.model_dump(mode="json", exclude_defaults=True)}
-    if not (published and published[0]["rank"] == 1):
+    if not best_published:
         data["published"] = _published(out / "manifest.json")  # the run whose model/ is still there
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "manifest.json", data)

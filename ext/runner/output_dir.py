@@ -10,6 +10,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from ..errors import ConfigError
 from .manifest import read as read_manifest
@@ -50,13 +51,16 @@ def check_input(out: Path, model: Path) -> None:
                           hint="choose another output_dir for this run, or copy the model out of output_dir first")
 
 
-def earlier_outputs(out: Path, published: set[str]) -> list[str]:
-    """Folders an earlier run published in ``out`` that this one did not (a LoRA run's adapter/ under a run without
-    LoRA, a larger search's top-3/). They are left in place: with clean_cache they may be the only copy."""
-    if not out.is_dir():
-        return []
-    return sorted(f.name for f in out.iterdir()
-                  if f.is_dir() and is_published(f.name) and f.name not in published and (f / IDENTITY).is_file())
+def earlier_outputs(out: Path, published: set[str], this: str = "this one") -> Optional[str]:
+    """A warning naming the folders an earlier run published in ``out`` that this one did not (a LoRA run's adapter/
+    under a run without LoRA, a larger search's top-3/), if any. They are left in place: with clean_cache they may
+    be the only copy."""
+    earlier = sorted(f.name + "/" for f in out.iterdir() if f.is_dir() and is_published(f.name)
+                     and f.name not in published and (f / IDENTITY).is_file()) if out.is_dir() else []
+    if earlier:
+        return (f"output_dir {out} also holds {', '.join(earlier)} from an earlier run, not {this}: remove them, or "
+                "choose another output_dir")
+    return None
 
 
 def link_tree(source: Path, target: Path, identity: str) -> None:
@@ -82,15 +86,7 @@ def stage(source: Path, target: Path, identity: str) -> Path:
 
 
 def place(staged: Path, target: Path) -> None:
-    try:
-        _replace(staged, target)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-
-
-def _replace(new: Path, target: Path) -> None:
-    """``new`` in ``target``'s place; the old folder is deleted only once the new one is there. Another run
+    """``staged`` in ``target``'s place; the old folder is deleted only once the new one is there. Another run
     publishing the same folder at the same time (two cells of one kernel) may replace it in between: the last
     rename stays."""
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -99,7 +95,7 @@ def _replace(new: Path, target: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(target, aside / str(attempt))
             try:
-                os.rename(new, target)
+                os.rename(staged, target)
                 return
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # not the other run's folder in the way
@@ -110,6 +106,7 @@ def _replace(new: Path, target: Path) -> None:
         raise OSError(f"{target} was replaced by other runs 100 times while this run published it")
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)  # left only when it did not take target's place
 
 
 def _publish_file(src: str, dst: str) -> None:
