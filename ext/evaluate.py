@@ -12,13 +12,13 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data", ".gg
 
 
 def accuracy(model: "LoadedModel", examples: list[tuple[str, str]], labels: list[str],
-             max_new_tokens: int, scoring: "Scoring" = "generate") -> float:
+             max_new_tokens: int, scoring: "Scoring" = "generate", after_label: str = "") -> float:
     """Fraction of (prompt, expected label) pairs that the model classifies right: by the first label word it
-    generates, or by the most likely label (``scoring``, see LoadedModel.classify)."""
+    generates, or by the most likely label (``scoring`` and ``after_label``, see LoadedModel.classify)."""
     if not examples:
         raise ValueError("accuracy needs at least one example")
     predictions = model.classify_many([prompt for prompt, _ in examples], labels, max_new_tokens=max_new_tokens,
-                                      scoring=scoring)
+                                      scoring=scoring, after_label=after_label)
     correct = sum(predicted is not None and predicted.lower() == expected.lower()
                   for predicted, (_, expected) in zip(predictions, examples))
     return correct / len(examples)

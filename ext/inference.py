@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Literal, Optional, Union
 
 from .cpus import usable_cpus
+from .data.tokenize import repeated_bos
 
 if TYPE_CHECKING:
     import torch
@@ -101,21 +102,24 @@ class LoadedModel:
         return [self.label_logprobs(prompt, labels) for prompt in prompts]
 
     def classify(self, text: str, labels: list[str], prompt_template: Optional[str] = None,
-                 max_new_tokens: int = 4, scoring: Scoring = "generate") -> Optional[str]:
+                 max_new_tokens: int = 4, scoring: Scoring = "generate", after_label: str = "") -> Optional[str]:
         """The label for ``text``, after the prompt (prompt_template with {text} filled, or text itself).
 
         scoring "generate": greedy generation of max_new_tokens, then its first label word (None when it names
         none). "loglikelihood": the label the model finds most likely after the prompt, always one of ``labels``:
-        what a model that never answers in the label words yet (before fine-tuning) still knows.
+        what a model that never answers in the label words yet (before fine-tuning) still knows. Each label is
+        scored with ``after_label`` after it, the text training put between the label and its end of text.
         """
-        return self.classify_many([text], labels, prompt_template, max_new_tokens, scoring)[0]
+        return self.classify_many([text], labels, prompt_template, max_new_tokens, scoring, after_label)[0]
 
     def classify_many(self, texts: list[str], labels: list[str], prompt_template: Optional[str] = None,
-                      max_new_tokens: int = 4, scoring: Scoring = "generate") -> list[Optional[str]]:
+                      max_new_tokens: int = 4, scoring: Scoring = "generate",
+                      after_label: str = "") -> list[Optional[str]]:
         """classify() for each text, in order, the generations batched where the backend can."""
         prompts = [prompt_template.format(text=text) if prompt_template else text for text in texts]
         if scoring == "loglikelihood":
-            return [labels[scores.index(max(scores))] for scores in self.label_logprobs_many(prompts, labels)]
+            answers = [label + after_label for label in labels]
+            return [labels[scores.index(max(scores))] for scores in self.label_logprobs_many(prompts, answers)]
         return [first_label(text, labels) for text in self.generate_many(prompts, max_new_tokens)]
 
     def __repr__(self) -> str:
@@ -158,7 +162,13 @@ class OnnxModel(LoadedModel):
         self._model = og.Model(og_config)
         self._tokenizer = og.Tokenizer(self._model)
         self._context_length = config.get("context_length")
-        self._end_of_text = self._tokenizer_eos(path)
+        settings = path / "tokenizer_config.json"
+        settings = json.loads(settings.read_text()) if settings.is_file() else {}
+        # The token training puts after each answer: the tokenizer's eos_token. genai_config.json's eos_token_id
+        # is no substitute: the builder keeps generation_config's order, where the tokenizer's eos need not be
+        # first (Llama-3.1-Instruct: [<|end_of_text|>, <|eom_id|>, <|eot_id|>], its tokenizer's eos <|eot_id|>).
+        self._end_of_text = self._special_token(settings, "eos_token")[1]
+        self._bos_text, self._bos = self._special_token(settings, "bos_token")
         if self._end_of_text is None:
             self._end_of_text = first_id(config.get("eos_token_id"))
         # og's decode gives up at the first invalid UTF-8 byte (a random or truncated output can end mid
@@ -219,18 +229,17 @@ class OnnxModel(LoadedModel):
 
     def _encode(self, text: str) -> list[int]:
         self._tokenizer.update_options(add_special_tokens=str(self.add_special_tokens).lower())
-        return self._tokenizer.encode(text).tolist()
+        ids = self._tokenizer.encode(text).tolist()
+        return ids[1:] if repeated_bos(ids, text, self._bos, self._bos_text) else ids
 
-    def _tokenizer_eos(self, path: Path) -> Optional[int]:
-        """The token training puts after each answer: the tokenizer's eos_token. genai_config.json's eos_token_id
-        is no substitute: the builder keeps generation_config's order, where the tokenizer's eos need not be
-        first (Llama-3.1-Instruct: [<|end_of_text|>, <|eom_id|>, <|eot_id|>], its tokenizer's eos <|eot_id|>)."""
-        settings = path / "tokenizer_config.json"
-        token = json.loads(settings.read_text()).get("eos_token") if settings.is_file() else None
+    def _special_token(self, settings: dict, name: str) -> tuple[Optional[str], Optional[int]]:
+        """tokenizer_config.json's token for name ("eos_token", "bos_token") and its id; None for a name the
+        tokenizer does not know."""
+        token = settings.get(name)
         if isinstance(token, dict):  # an AddedToken written out
             token = token.get("content")
         found = self._tokenizer.to_token_id(token) if token else None
-        return found if found is not None and found >= 0 else None  # -1: a name the tokenizer does not know
+        return token, found if found is not None and found >= 0 else None  # -1: a name the tokenizer does not know
 
     def _decode(self, ids: list[int]) -> str:
         if self._decoder is not None:
@@ -277,7 +286,8 @@ class HfModel(LoadedModel):
     def generate_with_stats(self, prompt: str, max_new_tokens: int = 64, *,
                             fixed_length: bool = False) -> tuple[str, int, float]:
         start = time.perf_counter()
-        inputs = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=self.add_special_tokens)
+        ids = self._torch.tensor([self._encode(prompt)])
+        inputs = {"input_ids": ids, "attention_mask": self._torch.ones_like(ids)}
         context = getattr(self._model.config, "max_position_embeddings", None)
         if context:  # as onnxruntime-genai: generation stops at the end of the context (past it: garbage)
             prompt_tokens = inputs["input_ids"].shape[1]
@@ -326,7 +336,8 @@ class HfModel(LoadedModel):
         return scores
 
     def _encode(self, text: str) -> list[int]:
-        return self._tokenizer(text, add_special_tokens=self.add_special_tokens).input_ids
+        ids = self._tokenizer(text, add_special_tokens=self.add_special_tokens).input_ids
+        return ids[1:] if repeated_bos(ids, text, self._tokenizer.bos_token_id, self._tokenizer.bos_token) else ids
 
     def _scores_sharing_prefixes(self, batch: list[tuple[int, list[list[int]]]]) -> Optional[list[list[float]]]:
         # Two forward passes. First the tokens each prompt shares with all its labels, padded on the left so that

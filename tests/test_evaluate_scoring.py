@@ -34,6 +34,17 @@ class Answering(LoadedModel):
         return "", max_new_tokens, 0.01
 
 
+class Likely(LoadedModel):
+    """Finds each prompt's continuation in the training text likely, and any other continuation unlikely."""
+    kind, path = "fake", Path(".")
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+
+    def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
+        return [0.0 if label == self.answers[prompt] else -10.0 for label in labels]
+
+
 def stars_config(tmp_path: Path, **pre) -> tunecell.WorkflowConfig:
     rows = [{"text": f"review {i}", "stars": float(1 + i % 5)} for i in range(20)]
     data = tmp_path / "stars.jsonl"
@@ -68,6 +79,13 @@ def test_a_model_that_answers_as_it_was_trained_scores_every_row(tmp_path):
     accuracy = config.evaluators["ev"].metrics[0]
     assert evaluation.candidate_labels(accuracy, config) == ["1", "2", "3", "4", "5"]
     model = Answering(trained_answers(config))
+    assert evaluation._one(accuracy, model, Artifact("hf", tmp_path, "x"), config, evaluate) == 1.0
+
+
+def test_loglikelihood_scores_each_label_with_the_text_the_template_puts_after_it(tmp_path):
+    config = stars_config(tmp_path, text_template="Review: {text}\nStars: {stars:.0f}/5\n")
+    accuracy = config.evaluators["ev"].metrics[0].model_copy(update={"scoring": "loglikelihood"})
+    model = Likely(trained_answers(config))  # trained on "5/5\n": "5" alone, then the end of text, is unlikely
     assert evaluation._one(accuracy, model, Artifact("hf", tmp_path, "x"), config, evaluate) == 1.0
 
 

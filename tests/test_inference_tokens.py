@@ -51,6 +51,18 @@ def test_prompts_get_a_bos_only_when_add_special_tokens_says_so(models, backend)
     assert written[0] == pytest.approx(added[0], abs=1e-3) and written[1] == added[1]
 
 
+@pytest.mark.parametrize("backend", [0, 1], ids=["hf", "onnx"])
+def test_a_prompt_that_writes_its_own_bos_keeps_one_as_training_does(models, backend):
+    # a chat template that starts with {{ bos_token }}, tokenized with add_special_tokens: training drops the
+    # tokenizer's second bos (tunecell.data.tokenize), so scoring and generation do too
+    model = models[backend]
+    with model.special_tokens(True):
+        assert model._encode("<s>" + PROMPT) == model._encode(PROMPT)
+        written = model.label_logprobs("<s>" + PROMPT, LABELS), model.generate("<s>" + PROMPT, 6)
+        added = model.label_logprobs(PROMPT, LABELS), model.generate(PROMPT, 6)
+    assert written[0] == pytest.approx(added[0], abs=1e-3) and written[1] == added[1]
+
+
 def test_an_eos_name_the_onnx_tokenizer_does_not_know_falls_back_to_genai_s_list(models, tmp_path):
     onnx = tmp_path / "onnx"
     shutil.copytree(models[1].path, onnx)

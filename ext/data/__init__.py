@@ -11,7 +11,7 @@ from .hashing import data_hash
 from .loading import load_rows, load_table
 from .split import split_indices, split_rows
 from .tokenizer import load_tokenizer
-from .templates import TEXT_COLS_JOINER, Rendered, Template, eval_examples, render
+from .templates import TEXT_COLS_JOINER, Rendered, Template, after_label, eval_examples, render
 from .tokenize import IGNORE_INDEX, tokenize
 
 
@@ -22,5 +22,6 @@ def preview(*args, **kwargs):
 
 
 __all__ = ["load_rows", "load_table", "split_rows", "split_indices", "render", "Rendered", "Template", "tokenize",
-           "build_training_data", "TrainingData", "DataStats", "eval_examples", "data_hash", "DataExplorer",
+           "build_training_data", "TrainingData", "DataStats", "eval_examples", "after_label", "data_hash",
+           "DataExplorer",
            "Collator", "load_tokenizer", "IGNORE_INDEX", "TEXT_COLS_JOINER", "hub_offline", "preview"]

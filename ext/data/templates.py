@@ -97,6 +97,10 @@ class Template:
             out.append(self.format_field(i, row))
         return "".join(out), prompt
 
+    def text_after(self, index: int) -> str:
+        """The literal text right after piece `index`'s field ("." in "... {tone}."), up to the next field."""
+        return self.pieces[index + 1][0] if index + 1 < len(self.pieces) else ""
+
     def format_field(self, index: int, row: dict) -> str:
         """Piece `index`'s field as the text shows it: with its conversion and format spec ({stars:.0f})."""
         _, field, spec, conversion = self.pieces[index]
@@ -277,6 +281,13 @@ def eval_examples(rows: Any, pre: PreProcessDataConfig, label_column: str) -> li
         _, prompt = template.render(row, split_at)
         out.append((prompt, template.format_field(split_at, row)))
     return out
+
+
+def after_label(pre: PreProcessDataConfig, label_column: str) -> str:
+    """The text training puts after each label (before its eos): the template's literal text after the label field.
+    Scoring a label scores it too: after "Sad", a model trained on "Sad." expects ".", not the end of text."""
+    template = Template.parse(pre.text_template)
+    return template.text_after(template.answer_piece(label_column))
 
 
 def iter_rows(rows: Any):

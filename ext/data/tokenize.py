@@ -130,9 +130,7 @@ def encode(rendered: Sequence[Rendered], pre: PreProcessDataConfig, tokenizer: A
     for k, (r, ids, offsets) in enumerate(zip(rendered, all_ids, all_offsets)):
         ids = list(ids)
         offsets = [tuple(o) for o in offsets] if offsets is not None else None
-        # a chat template that writes its own bos, tokenized with add_special_tokens: keep one bos
-        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos and bos_text and \
-                r.text.startswith(bos_text):
+        if repeated_bos(ids, r.text, bos, bos_text):
             ids = ids[1:]
             offsets = offsets[1:] if offsets is not None else None
         if eos is not None and (not ids or ids[-1] != eos):
@@ -147,6 +145,13 @@ def encode(rendered: Sequence[Rendered], pre: PreProcessDataConfig, tokenizer: A
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
         out.append(Encoded(rows[k], ids, labels, r.text, n_prompt, offsets if with_offsets else None))
     return out
+
+
+def repeated_bos(ids: Sequence[int], text: str, bos: Optional[int], bos_text: Optional[str]) -> bool:
+    """Whether ids start with two bos because the text writes its own (a chat template that does) and the tokenizer
+    added another (add_special_tokens): training keeps one, and so does evaluation."""
+    return bos is not None and bool(bos_text) and len(ids) > 1 and ids[0] == bos and ids[1] == bos and \
+        text.startswith(bos_text)
 
 
 def _no_prompt(pre: PreProcessDataConfig) -> DataError:

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from filelock import FileLock
 
 from tunecell.errors import ModelNotFound
+from tunecell.scratch import scratch_dir
 
 if TYPE_CHECKING:
     from tunecell.config.schema import InputModel
@@ -173,7 +173,7 @@ def _from_gguf(gguf: Path, cache_dir: Path, trust_remote_code: bool, source: str
     models_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not target.is_dir():
-            scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=models_dir))
+            scratch = scratch_dir(models_dir, target.name)
             try:
                 _dequantize(gguf, scratch, trust_remote_code)
                 scratch.chmod(0o755)  # mkdtemp made it private

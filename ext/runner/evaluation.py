@@ -15,8 +15,9 @@ MEASURED_WITH = ("tunecell", "transformers", "onnxruntime-genai")  # a new versi
 # (2: latency and throughput generate max_new_tokens tokens whether or not the model ends its answer sooner, after
 # a warm-up; accuracy chooses among the labels of the whole data file. 3: prompts are tokenized as training
 # tokenizes them (add_special_tokens, on ONNX models too), an ONNX model's answers end with the tokenizer's eos, and
-# labels are compared as the template renders them; max_samples takes rows spread over the file)
-DEFINITIONS = 3
+# labels are compared as the template renders them; max_samples takes rows spread over the file. 4: loglikelihood
+# scores each label with the template's text after it, and prompts that write their own bos keep one)
+DEFINITIONS = 4
 
 
 class Training(NamedTuple):
@@ -146,9 +147,13 @@ def _one(metric: schema.Metric, model: Any, artifact: Artifact, config: schema.W
     data = metric.data_config or _first_data_config(config)
     with model.special_tokens(config.data_config(data).pre_process_data_config.add_special_tokens if data else True):
         if metric.type == "accuracy":
+            from ..data import after_label
+
             examples = _examples(metric, config, artifact)
             labels = candidate_labels(metric, config)
-            return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring), 4)
+            pre = config.data_config(metric.data_config).pre_process_data_config
+            after = after_label(pre, metric.label_column or pre.label_column)
+            return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring, after), 4)
         prompts = speed_prompts(metric, config, artifact)
         if metric.type == "latency":
             return round(evaluate.latency_ms(model, prompts, metric.max_new_tokens), 2)

@@ -8,11 +8,11 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
+from ..scratch import scratch_dir
 from .manifest import read as read_manifest
 
 IDENTITY = ".tunecell-identity"  # in each published folder: the cache entry's identity and the run that built it
@@ -74,7 +74,7 @@ def stage(source: Path, target: Path, identity: str) -> Path:
     rather than change the cache entry behind them (root ignores the mode); the files a user edits (configs,
     tokenizer, genai_config.json) are copies."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))  # unique: runs may overlap
+    tmp = scratch_dir(target.parent, target.name)  # unique: runs may overlap
     try:
         shutil.copytree(source, tmp, copy_function=_publish_file, dirs_exist_ok=True)
         (tmp / IDENTITY).write_text(identity)
@@ -89,7 +89,7 @@ def place(staged: Path, target: Path) -> None:
     """``staged`` in ``target``'s place; the old folder is deleted only once the new one is there. Another run
     publishing the same folder at the same time (two cells of one kernel) may replace it in between: the last
     rename stays."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    aside = scratch_dir(target.parent, target.name, "old")
     try:
         for attempt in range(100):
             with contextlib.suppress(FileNotFoundError):
