@@ -72,6 +72,11 @@ class Log(Event):
     level: str  # info | warning | error
     text: str
 
+    @property
+    def line(self) -> str:
+        """The event as a run's log (RunResult.logs, %tunecell logs) shows it."""
+        return f"{self.level}: {self.text}"
+
 
 @dataclass(frozen=True)
 class RunFinished(Event):

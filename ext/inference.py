@@ -67,6 +67,8 @@ class LoadedModel:
     kind: str
     path: Path
     add_special_tokens = True  # prompts tokenized with the tokenizer's special tokens (a bos), as HF does by default
+    _bos: Optional[int] = None  # the tokenizer's bos, and its text
+    _bos_text: Optional[str] = None
 
     @contextmanager
     def special_tokens(self, add: bool) -> Iterator[None]:
@@ -122,6 +124,15 @@ class LoadedModel:
             return [labels[scores.index(max(scores))] for scores in self.label_logprobs_many(prompts, answers)]
         return [first_label(text, labels) for text in self.generate_many(prompts, max_new_tokens)]
 
+    def _encode(self, text: str) -> list[int]:
+        """The prompt's tokens, as training tokenizes it: a text that writes its own bos keeps one."""
+        ids = self._token_ids(text)
+        return ids[1:] if repeated_bos(ids, text, self._bos, self._bos_text) else ids
+
+    def _token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids for text, with its special tokens as add_special_tokens says."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} {self.path}>"
 
@@ -161,6 +172,7 @@ class OnnxModel(LoadedModel):
             og_config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         self._model = og.Model(og_config)
         self._tokenizer = og.Tokenizer(self._model)
+        self._tokenizer_adds: Optional[bool] = None  # the add_special_tokens option last given to the tokenizer
         self._context_length = config.get("context_length")
         settings = path / "tokenizer_config.json"
         settings = json.loads(settings.read_text()) if settings.is_file() else {}
@@ -227,10 +239,11 @@ class OnnxModel(LoadedModel):
             scores.append(total)
         return scores
 
-    def _encode(self, text: str) -> list[int]:
-        self._tokenizer.update_options(add_special_tokens=str(self.add_special_tokens).lower())
-        ids = self._tokenizer.encode(text).tolist()
-        return ids[1:] if repeated_bos(ids, text, self._bos, self._bos_text) else ids
+    def _token_ids(self, text: str) -> list[int]:
+        if self._tokenizer_adds != self.add_special_tokens:
+            self._tokenizer.update_options(add_special_tokens=str(self.add_special_tokens).lower())
+            self._tokenizer_adds = self.add_special_tokens
+        return self._tokenizer.encode(text).tolist()
 
     def _special_token(self, settings: dict, name: str) -> tuple[Optional[str], Optional[int]]:
         """tokenizer_config.json's token for name ("eos_token", "bos_token") and its id; None for a name the
@@ -267,6 +280,7 @@ class HfModel(LoadedModel):
         # an adapter saved by peft alone has no tokenizer files: its base's tokenizer is the one
         has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         self._tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer or base is None else base, **kwargs)
+        self._bos, self._bos_text = self._tokenizer.bos_token_id, self._tokenizer.bos_token
         if base is not None:  # a LoRA adapter: its base, with the adapter merged in memory
             from peft import PeftModel
 
@@ -335,9 +349,8 @@ class HfModel(LoadedModel):
             scores.extend(scored if scored is not None else [self._scores_whole(*split) for split in batch])
         return scores
 
-    def _encode(self, text: str) -> list[int]:
-        ids = self._tokenizer(text, add_special_tokens=self.add_special_tokens).input_ids
-        return ids[1:] if repeated_bos(ids, text, self._tokenizer.bos_token_id, self._tokenizer.bos_token) else ids
+    def _token_ids(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=self.add_special_tokens).input_ids
 
     def _scores_sharing_prefixes(self, batch: list[tuple[int, list[list[int]]]]) -> Optional[list[list[float]]]:
         # Two forward passes. First the tokens each prompt shares with all its labels, padded on the left so that

@@ -41,7 +41,7 @@ class BackgroundRun:
 
     def _keep_log(self, event: Event) -> None:
         if isinstance(event, Log):
-            self._log.append(f"{event.level}: {event.text}")
+            self._log.append(event.line)
 
     @property
     def run_id(self) -> str:

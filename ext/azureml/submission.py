@@ -74,7 +74,7 @@ class AzureMLRun:
 
     @property
     def logs(self) -> list[str]:
-        return [f"{e.level}: {e.text}" for e in self.bus.history if isinstance(e, Log)]
+        return [e.line for e in self.bus.history if isinstance(e, Log)]
 
     # ------------------------------------------------------------------------------------------------ control
     def cancel(self) -> None:

@@ -38,9 +38,9 @@ def load_config(source: Source, namespace: Optional[Mapping[str, Any]] = None,
         except ConfigError as e:  # its line numbers are the base's, which the cell's would otherwise look like
             if e.line is None and base_name in e.message:
                 raise
-            where = f"line {e.line} of {base_name}" if e.line is not None else base_name
-            raise ConfigError(f"{e.message} ({where})", path=e.path, line=e.line, column=e.column,
-                              hint=e.hint) from None
+            if e.line is not None:
+                raise _error_at((e.line, e.column, base_name), e.message, e.path, e.hint) from None
+            raise ConfigError(f"{e.message} ({base_name})", path=e.path, column=e.column, hint=e.hint) from None
         labelled(base_tree, base_name)
         tree, notes, base_dir = _overlay(base_tree, tree), base_notes + notes, base_dir or base_base_dir
     written = [(item, _locating(lambda: apply_override(tree, item), tree)) for item in overrides]

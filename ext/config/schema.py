@@ -83,7 +83,7 @@ class LoadKwargs(Model):
     revision: Optional[str] = None
     attn_implementation: Optional[str] = None  # the LoRA passes load the model with it (a key of theirs)
     # the torch_dtype of the LoRA passes that give none (WorkflowConfig); "auto" (the checkpoint's) leaves them
-    dtype: Optional[Literal["float32", "bfloat16", "float16", "auto"]] = None
+    dtype: Optional[Literal[TorchDtype, "auto"]] = None
 
     @field_validator("dtype", mode="before")
     @classmethod

@@ -176,7 +176,7 @@ def _from_gguf(gguf: Path, cache_dir: Path, trust_remote_code: bool, source: str
             scratch = scratch_dir(models_dir, target.name)
             try:
                 _dequantize(gguf, scratch, trust_remote_code)
-                scratch.chmod(0o755)  # mkdtemp made it private
+                scratch.chmod(0o755)  # readable by every user of the cache, whatever the umask
                 os.rename(scratch, target)
             except BaseException:
                 shutil.rmtree(scratch, ignore_errors=True)

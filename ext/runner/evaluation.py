@@ -1,6 +1,7 @@
 """Measure a model with the configured evaluator, through the cache: a model measured before is not loaded again."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -38,19 +39,21 @@ def trainings(config: schema.WorkflowConfig, artifact: Optional[Artifact] = None
     ``artifact`` that it lacks (a run from start_from has only the model of the earlier run's passes)."""
     found = [_training(name, p.model_dump(mode="json")) for name, p in config.passes.items()
              if isinstance(p, schema.LoRA)]
-    found += [t for t in (_made_by(artifact) if artifact is not None else []) if t not in found]
+    found += [t for t in (_made_by(str(artifact.path), artifact.identity) if artifact is not None else ())
+              if t not in found]
     return found
 
 
-def _made_by(artifact: Artifact) -> list[Training]:
+@lru_cache(maxsize=64)
+def _made_by(path: str, identity: str) -> tuple[Training, ...]:
     """The LoRA passes that made a cached artifact, first to last, read back along the inputs of the cache
-    records."""
-    found, record = [], _record_of(artifact.to_dict())
+    records. Read once per artifact (a measurement asks several times): a record never changes under its key."""
+    found, record = [], _record_of({"path": path, "identity": identity})
     while record is not None:
         if record["type"] in ("LoRA", "QLoRA"):
             found.append(_training(record["pass"], record["settings"]))
         record = _record_of(record["input"])
-    return found[::-1]
+    return tuple(found[::-1])
 
 
 def _record_of(source: dict) -> Optional[dict]:
@@ -145,13 +148,13 @@ def _one(metric: schema.Metric, model: Any, artifact: Artifact, config: schema.W
     if metric.type == "size_on_disk":
         return round(evaluate.size_on_disk_mb(artifact.path), 3)
     data = metric.data_config or _first_data_config(config)
-    with model.special_tokens(config.data_config(data).pre_process_data_config.add_special_tokens if data else True):
+    pre = config.data_config(data).pre_process_data_config if data else None
+    with model.special_tokens(pre.add_special_tokens if pre else True):
         if metric.type == "accuracy":
             from ..data import after_label
 
             examples = _examples(metric, config, artifact)
             labels = candidate_labels(metric, config)
-            pre = config.data_config(metric.data_config).pre_process_data_config
             after = after_label(pre, metric.label_column or pre.label_column)
             return round(evaluate.accuracy(model, examples, labels, metric.max_new_tokens, metric.scoring, after), 4)
         prompts = speed_prompts(metric, config, artifact)

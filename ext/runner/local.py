@@ -316,7 +316,7 @@ class LocalRun:
             self.bus.log(earlier, "warning")
 
     def _result(self, status: str, started: float, **extra: Any) -> RunResult:
-        logs = [f"{e.level}: {e.text}" for e in self.bus.history if isinstance(e, Log)]
+        logs = [e.line for e in self.bus.history if isinstance(e, Log)]
         return RunResult(self.run_id, status, list(self.records), dict(self.metrics), dict(self.artifacts),
                          self.config_hash, self.model_source, duration_s=round(time.perf_counter() - started, 2),
                          final=self.final.to_dict() if self.final else None, logs=logs, config=self.config,

@@ -5,8 +5,8 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -96,14 +96,13 @@ def publish_search(config, result: "RunResult") -> None:
     ranked = sorted(result.candidates, key=lambda c: c["rank"])
     keep = config.search_strategy.output_model_num
     published = [c for c in ranked[:keep] if c["published"]]  # not a folder an earlier search left there
-    for c in published:
-        link_tree(out / "candidates" / str(c["index"]) / "model",
-                  out / ("model" if c["rank"] == 1 else f"top-{c['rank']}"), f"candidate-{c['index']}")
+    folders = ["model" if c["rank"] == 1 else f"top-{c['rank']}" for c in published]
+    for c, folder in zip(published, folders):
+        link_tree(out / "candidates" / str(c["index"]) / "model", out / folder, f"candidate-{c['index']}")
     best_published = bool(published) and published[0]["rank"] == 1
     if best_published:
         result.artifacts["model"] = str(out / "model")
-    earlier = earlier_outputs(out, {"model" if c["rank"] == 1 else f"top-{c['rank']}" for c in published},
-                              "this search")
+    earlier = earlier_outputs(out, set(folders), "this search")
     if earlier:
         result.logs.append(f"warning: {earlier}")
     data = {"status": result.status, "best": result.best, "candidates": result.candidates,
@@ -118,10 +117,6 @@ def publish_search(config, result: "RunResult") -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     """Written whole or not at all; a temp name of its own, as two runs of one kernel may write at once."""
-    from .output_dir import umask
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2, default=str))
-    os.chmod(tmp, 0o666 & ~umask())  # mkstemp made it private
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)

@@ -75,10 +75,11 @@ def stage(source: Path, target: Path, identity: str) -> Path:
     tokenizer, genai_config.json) are copies."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = scratch_dir(target.parent, target.name)  # unique: runs may overlap
+    mode = tmp.stat().st_mode  # the umask's, which copytree replaces with the cache entry's
     try:
         shutil.copytree(source, tmp, copy_function=_publish_file, dirs_exist_ok=True)
         (tmp / IDENTITY).write_text(identity)
-        tmp.chmod(0o777 & ~umask())  # mkdtemp made it private
+        tmp.chmod(mode)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -121,10 +122,3 @@ def _publish_file(src: str, dst: str) -> None:
     if READ_ONLY_LINKS:
         with contextlib.suppress(OSError):  # not ours to change (a shared cache): the link stays writable
             os.chmod(dst, os.stat(dst).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def umask() -> int:
-    """The process's umask (read by setting it, then putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -111,13 +111,14 @@ class RunResult:
                  f"<span style='color:{colour}'><b>{e(self.status)}</b></span> in {self.duration_s:.1f} s"]
         if self.error:
             parts.append(f"<pre style='color:#cf222e'>{e(self.error)}</pre>")
-        trained = any(_training(p.stats) for p in self.passes)  # the column only where a pass has training stats
+        training = [_training(p.stats) for p in self.passes]
+        trained = any(training)  # the column only where a pass has training stats
         parts.append("<table><tr><th>pass</th><th>type</th><th>status</th><th>time</th>"
                      + ("<th>training</th>" if trained else "") + "</tr>")
-        for p in self.passes:
+        for p, stats in zip(self.passes, training):
             parts.append(f"<tr><td>{e(p.name)}</td><td>{e(p.type)}</td><td>{e(p.status)}</td>"
                          f"<td>{p.duration_s:.1f} s</td>"
-                         + (f"<td>{e(_training(p.stats))}</td>" if trained else "") + "</tr>")
+                         + (f"<td>{e(stats)}</td>" if trained else "") + "</tr>")
         parts.append("</table>")
         header, rows = self.metric_table()
         if rows:
