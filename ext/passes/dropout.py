@@ -28,11 +28,15 @@ class BitsDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drops == 0:
             return x
-        n = x.numel()
+        # a masked fill: multiplying by the boolean mask would first copy it to floats
+        return x.masked_fill(self.dropped(x.shape, x.device), 0) * self.scale
+
+    def dropped(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """A boolean mask of ``shape``, True where an element is dropped (probability ``p``)."""
+        n = shape.numel()
         # four signed 16-bit draws from each random int64, uniform over [-32768, 32767]
-        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        draws = words.view(torch.int16)[:n].view(x.shape)
-        return x * (draws >= self.drops - RESOLUTION // 2) * self.scale
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+        return words.view(torch.int16)[:n].view(shape) < self.drops - RESOLUTION // 2
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

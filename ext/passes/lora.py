@@ -188,16 +188,18 @@ def _check_target_modules(model: Any, cfg: schema.LoRA, pass_name: str) -> None:
 
 
 def with_adapter(base: Any, cfg: schema.LoRA) -> Any:
-    """``base`` with a new LoRA adapter as ``cfg`` describes it (peft), its dropout drawn by BitsDropout on the
-    CPU."""
+    """``base`` with a new LoRA adapter as ``cfg`` describes it (peft); on the CPU its dropout is drawn by
+    BitsDropout and its linear layers train as MatmulLoRALinear."""
     from peft import LoraConfig, get_peft_model
 
     from .dropout import use_bits_dropout
+    from .lora_linear import use_matmul_lora
 
     model = get_peft_model(base, LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
         modules_to_save=cfg.modules_to_save, bias="none", task_type="CAUSAL_LM"))
     use_bits_dropout(model)
+    use_matmul_lora(model)
     return model
 
 
