@@ -86,6 +86,8 @@ def test_cases_it_does_not_fuse_run_peft_forward(tiny_model):
         assert layer._plain_adapter(x, (), {}) is None  # a dtype other than the weights': peft casts
         assert layer._plain_adapter(x.float(), (), {}) == "default"
         assert layer._plain_adapter(x.float(), (), {"adapter_names": ["default"] * 3}) is None
+        layer.base_layer.bias = torch.nn.Parameter(torch.zeros(layer.out_features))  # bias: "all" trains it
+        assert layer._plain_adapter(x.float(), (), {}) is None
 
 
 def test_saves_and_merges_as_peft_does(tiny_model, tmp_path):

@@ -76,7 +76,8 @@ class MatmulLoRALinear(Linear):
         if adapter not in self.lora_A or adapter in self.lora_variant or self.lora_B[adapter].bias is not None:
             return None
         base = self.base_layer
-        if type(base) is not torch.nn.Linear or base.weight.requires_grad or self.fan_in_fan_out:
+        trains_base = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+        if type(base) is not torch.nn.Linear or trains_base or self.fan_in_fan_out:
             return None
         if not isinstance(self.lora_dropout[adapter], (BitsDropout, torch.nn.Identity)):
             return None
