@@ -6,7 +6,8 @@ to floats. Here the dropout is a masked fill, the scaling is applied to the rank
 instead of the layer's width), and the backward is five matmuls written out, with no gradient for the frozen
 weight. Same dropout draws as BitsDropout (same generator, same call order), so runs stay seedable and
 resumable. Layers that use anything else peft offers (DoRA and other variants, several active adapters,
-lora_bias, a merged or disabled adapter, extra forward arguments) run peft's own forward.
+lora_bias, a merged or disabled adapter, extra forward arguments, autocast, hooks on the base layer) run peft's
+own forward.
 """
 from __future__ import annotations
 
@@ -72,12 +73,16 @@ class MatmulLoRALinear(Linear):
         """The one active adapter's name when this forward is the plain case, else None."""
         if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
             return None
+        if torch.is_autocast_enabled(x.device.type):  # mixed precision: peft's forward lets autocast cast each op
+            return None
         adapter = self.active_adapters[0]
         if adapter not in self.lora_A or adapter in self.lora_variant or self.lora_B[adapter].bias is not None:
             return None
         base = self.base_layer
         trains_base = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
         if type(base) is not torch.nn.Linear or trains_base or self.fan_in_fan_out:
+            return None
+        if base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"):  # the fused path skips them
             return None
         if not isinstance(self.lora_dropout[adapter], (BitsDropout, torch.nn.Identity)):
             return None
