@@ -24,10 +24,10 @@ class _LoRAMatmuls(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, dropped: Optional[torch.Tensor]):
-        rows = x.reshape(-1, x.shape[-1])
+        rows = kept = x.reshape(-1, x.shape[-1])
         if dropped is not None:
             dropped = dropped.view(rows.shape)
-        kept = rows if dropped is None else rows.masked_fill(dropped, 0)
+            kept = rows.masked_fill(dropped, 0)
         low_rank = torch.mm(kept, lora_a.t()).mul_(scale)
         y = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
         y.addmm_(low_rank, lora_b.t())
