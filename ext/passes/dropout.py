@@ -8,7 +8,7 @@ RNG state make runs reproducible and resumable as before. On a GPU, torch's own 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -26,17 +26,19 @@ class BitsDropout(torch.nn.Module):
         self.scale = 1.0 / (1.0 - self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drops == 0:
-            return x
+        dropped = self.dropped(x)
         # a masked fill: multiplying by the boolean mask would first copy it to floats
-        return x.masked_fill(self.dropped(x.shape, x.device), 0) * self.scale
+        return x if dropped is None else x.masked_fill(dropped, 0) * self.scale
 
-    def dropped(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """A boolean mask of ``shape``, True where an element is dropped (probability ``p``)."""
-        n = shape.numel()
+    def dropped(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """A boolean mask of x's shape, True where an element is dropped (probability ``p``); None when nothing is
+        dropped (eval mode, or p = 0)."""
+        if not self.training or self.drops == 0:
+            return None
+        n = x.numel()
         # four signed 16-bit draws from each random int64, uniform over [-32768, 32767]
-        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
-        return words.view(torch.int16)[:n].view(shape) < self.drops - RESOLUTION // 2
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        return words.view(torch.int16)[:n].view(x.shape) < self.drops - RESOLUTION // 2
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -63,10 +63,8 @@ class MatmulLoRALinear(Linear):
             return super().forward(x, *args, **kwargs)
         base, lora_a, lora_b = self.base_layer, self.lora_A[adapter].weight, self.lora_B[adapter].weight
         dropout = self.lora_dropout[adapter]
-        scale, dropped = self.scaling[adapter], None
-        if isinstance(dropout, BitsDropout) and dropout.training and dropout.drops:
-            scale *= dropout.scale
-            dropped = dropout.dropped(x.shape, x.device)
+        dropped = dropout.dropped(x) if isinstance(dropout, BitsDropout) else None
+        scale = self.scaling[adapter] * (dropout.scale if dropped is not None else 1.0)
         return _LoRAMatmuls.apply(x, base.weight, base.bias, lora_a, lora_b, scale, dropped)
 
     def _plain_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> Optional[str]:
